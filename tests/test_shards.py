@@ -1,0 +1,201 @@
+"""Shards: what is written equals the genome, the manifest tells the truth, and the reader splits,
+orders and resumes exactly."""
+
+import gzip
+import json
+import logging
+
+import pytest
+import torch
+
+from megadna.errors import InputError
+from megadna.genome import WindowConfig, iter_windows, read_fasta
+from megadna.shards import MANIFEST, EpochPlan, ShardConfig, StreamConfig, WindowStream, file_sha256, iter_shard, make_loader, read_manifest, verify_shards, write_shards
+
+
+@pytest.fixture(scope="module")
+def athal_shards(shared_data, tmp_path_factory):
+    fasta = shared_data / "genomes" / "A.thaliana.fa.gz"
+    out = tmp_path_factory.mktemp("shards") / "athal"
+    cfg = WindowConfig(window=200, stride=150, max_n_fraction=0.02, val_fraction=0.1)
+    manifest = write_shards([fasta], out, cfg, ShardConfig(samples_per_shard=700, write_shuffle=500, seed=3))
+    return fasta, out, cfg, manifest
+
+
+def _all_samples(shard_dir, split):
+    m = read_manifest(shard_dir)
+    for sh in m["splits"][split]["shards"]:
+        yield from iter_shard(shard_dir / split / sh["name"], with_meta=True)
+
+
+def test_every_window_equals_the_genome_at_its_coordinates(athal_shards):
+    fasta, out, cfg, manifest = athal_shards
+    genome = {c.name: c.seq for c in read_fasta(fasta)}
+    seen = 0
+    for split in ("train", "val"):
+        for seq, meta in _all_samples(out, split):
+            assert seq == genome[meta["contig"]][meta["start"] : meta["end"]]
+            assert meta["end"] - meta["start"] == cfg.window and meta["strand"] == "+"
+            assert seq.count(b"N") <= cfg.max_n_fraction * cfg.window
+            seen += 1
+    assert seen == manifest["totals"]["windows"]
+    # The shards hold exactly the windows the windowing produced (order aside: the writer shuffles).
+    expected = sorted((w.contig, w.start) for w in iter_windows([fasta], cfg))
+    got = sorted((m["contig"], m["start"]) for split in ("train", "val") for _, m in _all_samples(out, split))
+    assert got == expected
+
+
+def test_manifest_records_counts_sizes_hashes_and_config(athal_shards):
+    fasta, out, cfg, m = athal_shards
+    assert m["window_config"] == cfg.to_dict()
+    assert m["sources"][0]["sha256"] == file_sha256(fasta)
+    for split, info in m["splits"].items():
+        assert sum(s["samples"] for s in info["shards"]) == info["windows"]
+        assert info["bp"] == info["windows"] * cfg.window
+        for s in info["shards"]:
+            assert (out / split / s["name"]).stat().st_size == s["bytes"]
+    assert m["splits"]["val"]["windows"] > 0
+    assert verify_shards(out) == []
+
+
+def test_shards_are_compact(athal_shards):
+    _, _, _, m = athal_shards
+    # Even with 200-bp windows (two tar headers per window) the gzip shards stay near 1 byte/bp.
+    assert m["totals"]["bytes"] / m["totals"]["bp"] < 1.3
+
+
+def test_writing_is_reproducible_and_refuses_to_clobber(shared_data, tmp_path):
+    fasta = shared_data / "genomes" / "C.elegans.fa.gz"
+    cfg = WindowConfig(window=300, stride=300)
+    a = write_shards([fasta], tmp_path / "a", cfg, ShardConfig(samples_per_shard=1000))
+    b = write_shards([fasta], tmp_path / "b", cfg, ShardConfig(samples_per_shard=1000))
+    assert [s["sha256"] for s in a["splits"]["train"]["shards"]] == [s["sha256"] for s in b["splits"]["train"]["shards"]]
+    with pytest.raises(InputError, match="not empty"):
+        write_shards([fasta], tmp_path / "a", cfg)
+    assert (tmp_path / "a" / MANIFEST).is_file()  # nothing already written was lost
+
+
+def test_a_crash_mid_write_leaves_no_manifest(shared_data, tmp_path, monkeypatch):
+    import megadna.shards as shards
+
+    def boom(*a, **k):
+        yield from iter_windows(*a, **k)
+        raise RuntimeError("crash while windowing")
+
+    monkeypatch.setattr(shards, "iter_windows", boom)
+    with pytest.raises(RuntimeError):
+        write_shards([shared_data / "genomes" / "C.elegans.fa.gz"], tmp_path / "s", WindowConfig(window=300), ShardConfig(samples_per_shard=100, write_shuffle=0))
+    assert not (tmp_path / "s" / MANIFEST).exists()
+    with pytest.raises(InputError, match="unfinished write"):
+        read_manifest(tmp_path / "s")
+
+
+def _stream(out, **kw):
+    rank = kw.pop("rank", 0)
+    world = kw.pop("world_size", 1)
+    start = kw.pop("start_batch", 0)
+    return WindowStream(out, StreamConfig(**kw), rank=rank, world_size=world, start_batch=start)
+
+
+def test_two_ranks_two_workers_see_disjoint_windows_covering_the_epoch(athal_shards):
+    _, out, _, m = athal_shards
+    epoch = 1
+    per_rank = {}
+    for rank in range(2):
+        s = _stream(out, micro_batch=4, num_workers=2, seed=5, rank=rank, world_size=2)
+        keys = []
+        for w in range(2):
+            slot = rank * 2 + w
+            keys += [(meta["contig"], meta["start"]) for _, meta in s.slot_samples(epoch, slot, with_meta=True)]
+        per_rank[rank] = keys
+    plan = s.plan
+    assert len(per_rank[0]) == len(per_rank[1]) == plan.samples_per_slot * 2
+    assert not set(per_rank[0]) & set(per_rank[1])
+    assert len(set(per_rank[0])) == len(per_rank[0])
+    # The union is the epoch: every training window except fewer than slots x micro_batch left out.
+    total = m["splits"]["train"]["windows"]
+    union = set(per_rank[0]) | set(per_rank[1])
+    assert total - plan.slots * plan.micro_batch < len(union) <= total
+    # ...and a different epoch leaves out different windows (the shard order is re-drawn).
+    other = {(meta["contig"], meta["start"]) for _, meta in s.slot_samples(epoch + 1, 0, with_meta=True)}
+    assert other != set(per_rank[0][: len(other)])
+
+
+def test_epoch_plan_divides_exactly_when_counts_allow():
+    plan = EpochPlan(tuple((f"s{i}", 10) for i in range(8)), world_size=2, num_workers=2, micro_batch=5, seed=0)
+    slots = [plan.segments(0, s) for s in range(plan.slots)]
+    covered = sorted((seg.shard, i) for segs in slots for seg in segs for i in range(seg.start, seg.stop))
+    assert covered == sorted((f"s{i}", j) for i in range(8) for j in range(10))
+    assert plan.batches_per_rank == 8
+
+
+def _batch_keys(batches):
+    return [tuple(b["seqs"]) for b in batches]
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_saved_position_resumes_to_exactly_the_next_batch(athal_shards, workers):
+    _, out, _, _ = athal_shards
+    kw = dict(micro_batch=8, num_workers=workers, seed=11, shuffle_block=64, reverse_complement=0.5)
+    plan = _stream(out, **kw).plan
+    n = plan.batches_per_rank + 7  # runs over an epoch boundary
+    it = iter(make_loader(_stream(out, **kw)))
+    straight = [next(it) for _ in range(n)]
+    assert [b["batch_index"] for b in straight] == list(range(n))
+    for k in (3, plan.batches_per_rank - 1, plan.batches_per_rank + 2):
+        it = iter(make_loader(_stream(out, start_batch=k, **kw)))
+        resumed = [next(it) for _ in range(n - k)]
+        assert _batch_keys(resumed) == _batch_keys(straight[k:])
+        assert [b["batch_index"] for b in resumed] == list(range(k, n))
+
+
+def test_order_depends_on_seed_and_epoch(athal_shards):
+    _, out, _, _ = athal_shards
+    a = [s for s, _ in _stream(out, seed=1).slot_samples(0, 0)]
+    b = [s for s, _ in _stream(out, seed=2).slot_samples(0, 0)]
+    c = [s for s, _ in _stream(out, seed=1).slot_samples(1, 0)]
+    assert a != b and a != c
+    assert a == [s for s, _ in _stream(out, seed=1).slot_samples(0, 0)]
+
+
+def test_corrupt_shard_is_named_skipped_and_counts_hold(athal_shards, tmp_path, caplog):
+    import shutil
+
+    _, out, _, _ = athal_shards
+    bad = tmp_path / "bad"
+    shutil.copytree(out, bad)
+    m = read_manifest(bad)
+    victim = bad / "train" / m["splits"]["train"]["shards"][1]["name"]
+    data = victim.read_bytes()
+    victim.write_bytes(data[: len(data) // 2])  # truncated mid-gzip
+    s = _stream(bad, micro_batch=4, shuffle=False)
+    with caplog.at_level(logging.WARNING):
+        samples = list(s.slot_samples(0, 0))
+    assert len(samples) == s.plan.samples_per_slot
+    assert victim.name in caplog.text and "corrupt or truncated" in caplog.text
+    assert any(victim.name in p for p in verify_shards(bad))
+
+
+def test_tokenized_batches(athal_shards):
+    from megadna.tokenizers import get_tokenizer
+
+    _, out, cfg, _ = athal_shards
+    tok = get_tokenizer("kmer6")
+    s = WindowStream(out, StreamConfig(micro_batch=4), tokenizer=tok, max_tokens=cfg.window - 6 + 1 + 2)
+    b = next(iter(make_loader(s)))
+    assert b["input_ids"].shape == (4, cfg.window - 3) and b["input_ids"].dtype == torch.int64
+    assert (b["input_ids"][:, 0] == 2).all() and (b["input_ids"][:, -1] == 3).all()
+
+
+def test_reader_errors_name_the_directory(tmp_path):
+    with pytest.raises(InputError, match="no manifest.json"):
+        WindowStream(tmp_path, StreamConfig())
+    (tmp_path / MANIFEST).write_text("{not json")
+    with pytest.raises(InputError, match="not valid JSON"):
+        read_manifest(tmp_path)
+
+
+def test_too_few_windows_for_the_world_is_a_clear_error(athal_shards):
+    _, out, _, _ = athal_shards
+    with pytest.raises(InputError, match="too few"):
+        _stream(out, split="val", micro_batch=512, world_size=8, num_workers=4)
