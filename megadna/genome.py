@@ -1,0 +1,308 @@
+"""FASTA in, genome windows out: the first step of the data path.
+
+A FASTA file (plain or gzipped, told apart by its magic bytes, not its name) is streamed line by line;
+one record is held at a time, as a bytearray, so a genome is never one Python string. Bases are
+upper-cased and the IUPAC ambiguity codes (R, Y, K, M, S, W, B, D, H, V) become N, so downstream code
+sees only A, C, G, T and N. Lower case (soft-masked repeats) can be kept as a per-base flag.
+
+Each contig is then tiled into fixed-size windows (bp) with a stride; windows with too many N are
+dropped and counted, and whole contigs or the tail of every contig are set aside for validation.
+Anything wrong with the input raises `InputError` naming the file, the record and the line.
+"""
+
+from __future__ import annotations
+
+import gzip
+import zlib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import BinaryIO, Iterator, Sequence
+
+import numpy as np
+
+from megadna.errors import InputError, where
+
+_GZIP_MAGIC = b"\x1f\x8b"
+# Compressions we do not read; named so that the error says "decompress it" rather than "bad base".
+_OTHER_MAGIC = {b"BZh": "bzip2", b"\x28\xb5\x2f\xfd": "zstd", b"\xfd7zXZ\x00": "xz"}
+
+_IUPAC_AMBIGUOUS = b"RYKMSWBDHV"
+_NUCLEOTIDES = b"ACGTN" + _IUPAC_AMBIGUOUS
+_VALID = _NUCLEOTIDES + _NUCLEOTIDES.lower()
+_TO_UPPER = bytes.maketrans(_VALID, _VALID.upper())
+_TO_UPPER_N = bytes.maketrans(_VALID, b"ACGTN" + b"N" * len(_IUPAC_AMBIGUOUS) + b"ACGTN" + b"N" * len(_IUPAC_AMBIGUOUS))
+# Complements, IUPAC codes included (R=A/G <-> Y=C/T, K <-> M, B <-> V, D <-> H; S, W, N are their own).
+_COMPLEMENT = str.maketrans("ACGTNRYKMSWBDHVacgtnrykmswbdhv", "TGCANYRMKSWVHDBtgcanyrmkswvhdb")
+
+
+@dataclass(frozen=True)
+class Contig:
+    """One FASTA record."""
+
+    name: str  # first word of the header
+    seq: bytes  # upper-case bases; IUPAC ambiguity codes mapped to N unless read with iupac_to_n=False
+    # True where the FASTA had lower case (soft-masked); only when read with keep_softmask=True.
+    softmask: np.ndarray | None = field(default=None, compare=False, repr=False)
+    source: str = ""  # the file path as given
+
+    def __len__(self) -> int:
+        return len(self.seq)
+
+
+def reverse_complement(seq: str) -> str:
+    """Reverse complement of a DNA string (A<->T, C<->G, N->N, IUPAC codes too; case kept)."""
+    return seq.translate(_COMPLEMENT)[::-1]
+
+
+def _numbered_lines(path: Path, shown: str) -> Iterator[tuple[int, bytes]]:
+    """Yield (1-based line number, stripped line) of a plain or gzipped file (told by magic bytes).
+
+    Decompression failures become InputError naming the file and the line being read.
+    """
+    try:
+        raw = open(path, "rb")
+    except OSError as e:
+        raise InputError(f"{shown}: cannot open FASTA file ({e.strerror or e}).") from None
+    lineno = 0
+    with raw:  # GzipFile.close() leaves the file object it wraps open: close it here
+        try:
+            head = raw.read(6)
+            raw.seek(0)
+        except OSError as e:
+            raise InputError(f"{shown}: cannot read FASTA file ({e.strerror or e}).") from None
+        for magic, kind in _OTHER_MAGIC.items():
+            if head.startswith(magic):
+                raise InputError(f"{shown}: looks {kind}-compressed; only plain or gzipped FASTA is read. "
+                                 f"Decompress it (or recompress it with gzip) first.")
+        gzipped = head.startswith(_GZIP_MAGIC)
+        fh: BinaryIO = gzip.GzipFile(fileobj=raw, mode="rb") if gzipped else raw  # type: ignore[assignment]
+        try:
+            with fh:
+                for lineno, line in enumerate(fh, start=1):
+                    yield lineno, line.strip()
+        except (EOFError, OSError, zlib.error) as e:
+            # EOFError: truncated gzip; BadGzipFile (an OSError): bad header or CRC; zlib.error: bad data.
+            what = "the gzip stream is corrupt or truncated" if gzipped else "reading failed"
+            raise InputError(f"{where(shown, line=lineno + 1)}: {what} ({type(e).__name__}: {e}). "
+                             f"Re-download or re-compress the file.") from None
+
+
+def _bad_char_error(line: bytes, bad: bytes, shown: str, record: str, lineno: int) -> InputError:
+    column = line.index(bad[:1]) + 1
+    byte = bad[0]
+    char = repr(chr(byte)) if 32 < byte < 127 else f"byte 0x{byte:02x}"
+    return InputError(f"{where(shown, line=lineno, record=record)}, column {column}: {char} is not a "
+                      f"nucleotide code (A, C, G, T, N or IUPAC R Y K M S W B D H V). Is this a protein "
+                      f"FASTA or a corrupt file?")
+
+
+def read_fasta(path: str | Path, *, keep_softmask: bool = False, iupac_to_n: bool = True) -> Iterator[Contig]:
+    """Stream the records of a plain or gzipped FASTA file, one `Contig` at a time.
+
+    Wrapped or single-line sequences, CRLF line ends, blank lines and lower case are accepted; leading
+    and trailing whitespace of a line is ignored. Raises `InputError` (naming file, record and line) for
+    a file with no records, sequence before the first header, a header without a name or without
+    sequence, a non-nucleotide character, a duplicate record name, a non-UTF-8 header, or a corrupt
+    or truncated gzip stream. Records before the bad place have already been yielded.
+    """
+    shown = str(path)
+    table = _TO_UPPER_N if iupac_to_n else _TO_UPPER
+    seen: dict[str, int] = {}  # record name -> its header line
+    name: str | None = None
+    header_line = 0
+    raw = bytearray()
+
+    def finish() -> Contig:
+        if not raw:
+            raise InputError(f"{where(shown, line=header_line, record=name)}: the record has a header but "
+                             f"no sequence.")
+        # Lower-case letters are exactly the bytes >= ord('a') among the validated codes.
+        softmask = np.frombuffer(raw, dtype=np.uint8) >= ord("a") if keep_softmask else None
+        assert name is not None  # finish() is only called once a header was read
+        return Contig(name=name, seq=bytes(raw.translate(table)), softmask=softmask, source=shown)
+
+    for lineno, line in _numbered_lines(Path(path), shown):
+        if not line:
+            continue
+        if line[:1] == b">":
+            if name is not None:
+                yield finish()
+                raw = bytearray()
+            try:
+                words = line[1:].decode("utf-8").split()
+            except UnicodeDecodeError as e:
+                raise InputError(f"{where(shown, line=lineno)}: the header is not UTF-8 text (byte "
+                                 f"0x{line[1 + e.start]:02x}); is this a FASTA file?") from None
+            if not words:
+                raise InputError(f"{where(shown, line=lineno)}: the header '>' has no record name.")
+            name, header_line = words[0], lineno
+            if name in seen:
+                raise InputError(f"{where(shown, line=lineno, record=name)}: duplicate record name (first "
+                                 f"at line {seen[name]}). Record names must be unique.")
+            seen[name] = lineno
+            continue
+        if name is None:
+            raise InputError(f"{where(shown, line=lineno)}: sequence before the first '>' header; a FASTA "
+                             f"file must start with a '>name' line.")
+        bad = line.translate(None, _VALID)
+        if bad:
+            raise _bad_char_error(line, bad, shown, name, lineno)
+        raw += line
+    if name is None:
+        raise InputError(f"{shown}: no FASTA records (the file is empty or has no '>' header).")
+    yield finish()
+
+
+@dataclass(frozen=True)
+class WindowConfig:
+    """How contigs are cut into windows and split into train/val. All lengths in bp."""
+
+    window: int = 510  # window length, bp
+    stride: int = 510  # distance between window starts, bp (< window overlaps, > window skips)
+    max_n_fraction: float = 0.0  # windows with a larger share of N are dropped (and counted)
+    val_contigs: tuple[str, ...] = ()  # contigs held out whole for validation, by name
+    val_fraction: float = 0.0  # else: the last fraction (bp) of every contig goes to val
+    keep_softmask: bool = False  # record each window's share of lower-case (soft-masked) bases
+
+    def __post_init__(self):
+        for name in ("window", "stride"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
+                raise InputError(f"WindowConfig.{name} must be a positive integer (bp), got {value!r}.")
+        if not 0.0 <= self.max_n_fraction <= 1.0:
+            raise InputError(f"WindowConfig.max_n_fraction must be in [0, 1], got {self.max_n_fraction!r}.")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise InputError(f"WindowConfig.val_fraction must be in [0, 1), got {self.val_fraction!r}.")
+        if isinstance(self.val_contigs, str):
+            # A bare string would silently become a tuple of one-letter contig names.
+            raise InputError(f"WindowConfig.val_contigs must be a list of contig names, got the string "
+                             f"{self.val_contigs!r}; write ({self.val_contigs!r},).")
+        object.__setattr__(self, "val_contigs", tuple(self.val_contigs))
+        if self.val_contigs and self.val_fraction:
+            raise InputError("WindowConfig: give either val_contigs (whole contigs held out) or "
+                             "val_fraction (the tail of every contig), not both.")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["val_contigs"] = list(self.val_contigs)
+        return d
+
+
+@dataclass(frozen=True)
+class Window:
+    """One window of a contig, on the + strand (reverse complement is applied at load time)."""
+
+    contig: str
+    start: int  # 0-based, bp
+    end: int  # exclusive, bp
+    strand: str  # always "+"
+    seq: str  # upper-case bases, exactly contig.seq[start:end]
+    split: str  # "train" or "val"
+    source: str  # FASTA path
+    softmask_fraction: float | None = None  # share of lower-case bases, only with keep_softmask
+
+
+@dataclass
+class WindowStats:
+    """What `iter_windows` kept and dropped; recorded in the shard manifest."""
+
+    files: int = 0
+    contigs: int = 0  # contigs read
+    contig_bp: int = 0  # their total length
+    short_contigs: int = 0  # contigs shorter than one window, skipped whole
+    windows: dict[str, int] = field(default_factory=lambda: {"train": 0, "val": 0})
+    window_bp: dict[str, int] = field(default_factory=lambda: {"train": 0, "val": 0})
+    dropped_for_n: int = 0  # windows dropped because their N share exceeded max_n_fraction
+    skipped_bp: int = 0  # bp the grid jumped over when realigning after those windows
+    tails: int = 0  # segment ends shorter than a window, dropped
+    tail_bp: int = 0  # bp in those ends not covered by any window
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _tile(contig: Contig, seg_start: int, seg_end: int, split: str, cfg: WindowConfig,
+          stats: WindowStats, softmask_cumsum: np.ndarray | None) -> Iterator[Window]:
+    """Tile contig.seq[seg_start:seg_end]; see `iter_windows` for the rule."""
+    seq, w = contig.seq, cfg.window
+    max_n = cfg.max_n_fraction * w  # compare counts, not fractions, to avoid float rounding at the edge
+    pos, covered_end = seg_start, seg_start
+    while pos + w <= seg_end:
+        end = pos + w
+        if seq.count(b"N", pos, end) > max_n:
+            stats.dropped_for_n += 1
+            realigned = seq.rfind(b"N", pos, end) + 1  # just after the window's last N
+            stats.skipped_bp += realigned - pos
+            pos = realigned
+            continue
+        softmask_fraction = None
+        if softmask_cumsum is not None:
+            softmask_fraction = float(softmask_cumsum[end] - softmask_cumsum[pos]) / w
+        stats.windows[split] += 1
+        stats.window_bp[split] += w
+        yield Window(contig=contig.name, start=pos, end=end, strand="+", seq=seq[pos:end].decode("ascii"),
+                     split=split, source=contig.source, softmask_fraction=softmask_fraction)
+        covered_end = end
+        pos += cfg.stride
+    tail = seg_end - max(pos, covered_end)
+    if tail > 0:
+        stats.tails += 1
+        stats.tail_bp += tail
+
+
+def iter_windows(paths: Sequence[str | Path], cfg: WindowConfig,
+                 stats: WindowStats | None = None) -> Iterator[Window]:
+    """Yield the windows of every contig of the FASTA files, in file and contig order.
+
+    The tiling rule. Each contig is one segment, or with `val_fraction` two: its first
+    `len - floor(len * val_fraction)` bp (train) and the rest (val); a window never crosses a split
+    boundary, so no base is in both. A segment is tiled from its first base: a window starts at
+    `pos`, and the next at `pos + stride`. A window whose share of N exceeds `max_n_fraction` is
+    dropped (counted in `stats.dropped_for_n`) and the grid realigns to start just after the last N
+    of that window. With `max_n_fraction=0` and `stride <= window` this keeps exactly the windows a
+    tiling of each N-free stretch from its own start would keep: no good sequence is lost to an N run
+    beyond the part of the grid that cannot fit before it. A window is never shorter than `window`;
+    a segment end too short for one is dropped and counted (`stats.tails`, `stats.tail_bp`), and a
+    contig shorter than one window is skipped whole (`stats.short_contigs`). With `stride == window`
+    every bp of a tiled segment is counted once: in a window, in `skipped_bp` or in `tail_bp`.
+
+    `val_contigs` holds whole contigs out for validation; a name that no file contains raises
+    `InputError` once all files are read. Record names must be unique across all files.
+    `stats`, when given, is updated in place.
+    """
+    if stats is None:
+        stats = WindowStats()
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
+    if not paths:
+        raise InputError("iter_windows: no FASTA files given.")
+    val_contigs = set(cfg.val_contigs)
+    seen: dict[str, str] = {}  # contig name -> file it came from
+    for path in paths:
+        stats.files += 1
+        for contig in read_fasta(path, keep_softmask=cfg.keep_softmask):
+            if contig.name in seen:
+                raise InputError(f"{where(contig.source, record=contig.name)}: duplicate record name, also in "
+                                 f"{seen[contig.name]}. Record names must be unique across the files given.")
+            seen[contig.name] = contig.source
+            n = len(contig.seq)
+            stats.contigs += 1
+            stats.contig_bp += n
+            if n < cfg.window:
+                stats.short_contigs += 1
+                continue
+            cumsum = None
+            if contig.softmask is not None:
+                cumsum = np.concatenate(([0], np.cumsum(contig.softmask, dtype=np.int64)))
+            if contig.name in val_contigs:
+                yield from _tile(contig, 0, n, "val", cfg, stats, cumsum)
+            elif cfg.val_fraction:
+                boundary = n - int(n * cfg.val_fraction)
+                yield from _tile(contig, 0, boundary, "train", cfg, stats, cumsum)
+                yield from _tile(contig, boundary, n, "val", cfg, stats, cumsum)
+            else:
+                yield from _tile(contig, 0, n, "train", cfg, stats, cumsum)
+    missing = sorted(val_contigs - set(seen))
+    if missing:
+        raise InputError(f"val_contigs {missing} are in none of the FASTA files given "
+                         f"({', '.join(map(str, paths))}); contigs seen: {sorted(seen)[:20]}.")
