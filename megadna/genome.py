@@ -267,7 +267,9 @@ def iter_windows(paths: Sequence[str | Path], cfg: WindowConfig,
     every bp of a tiled segment is counted once: in a window, in `skipped_bp` or in `tail_bp`.
 
     `val_contigs` holds whole contigs out for validation; a name that no file contains raises
-    `InputError` once all files are read. Record names must be unique across all files.
+    `InputError` once all files are read (it then matches that name in every file). Record names must
+    be unique within a file; across files (several genomes, each with its chrX) they may repeat, and
+    each window's `source` tells them apart. The same file given twice is an error.
     `stats`, when given, is updated in place.
     """
     if stats is None:
@@ -277,14 +279,17 @@ def iter_windows(paths: Sequence[str | Path], cfg: WindowConfig,
     if not paths:
         raise InputError("iter_windows: no FASTA files given.")
     val_contigs = set(cfg.val_contigs)
-    seen: dict[str, str] = {}  # contig name -> file it came from
+    seen_files: dict[Path, str] = {}
+    for path in paths:
+        key = Path(path).resolve()
+        if key in seen_files:
+            raise InputError(f"{path}: given twice (also as {seen_files[key]}); each FASTA file must be listed once")
+        seen_files[key] = str(path)
+    seen: set[str] = set()
     for path in paths:
         stats.files += 1
         for contig in read_fasta(path, keep_softmask=cfg.keep_softmask):
-            if contig.name in seen:
-                raise InputError(f"{where(contig.source, record=contig.name)}: duplicate record name, also in "
-                                 f"{seen[contig.name]}. Record names must be unique across the files given.")
-            seen[contig.name] = contig.source
+            seen.add(contig.name)
             n = len(contig.seq)
             stats.contigs += 1
             stats.contig_bp += n

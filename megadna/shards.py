@@ -541,10 +541,19 @@ def torch_dataset(stream: WindowStream):
     return _Dataset()
 
 
+def _ignore_preemption_signals(_worker_id: int) -> None:
+    # Launchers (DeepSpeed's, SLURM) send SIGTERM to the whole process tree. The rank saves a
+    # checkpoint on it and still needs its loader meanwhile; workers exit with their parent anyway.
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def make_loader(stream: WindowStream, *, pin_memory: bool = False, prefetch_factor: int = 4):
     """A DataLoader yielding the stream's batches in order, batch start_batch first."""
     import torch
 
     W = stream.cfg.num_workers
-    kw = dict(num_workers=W, persistent_workers=True, prefetch_factor=prefetch_factor) if W > 0 else {}
+    kw = dict(num_workers=W, persistent_workers=True, prefetch_factor=prefetch_factor, worker_init_fn=_ignore_preemption_signals) if W > 0 else {}
     return torch.utils.data.DataLoader(torch_dataset(stream), batch_size=None, pin_memory=pin_memory, **kw)

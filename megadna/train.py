@@ -55,6 +55,7 @@ class TrainConfig:
     reverse_complement: float = field(default=0.5, metadata={"help": "probability a window is read reverse-complemented"})
     seed: int = field(default=0, metadata={"help": "seeds data order, masking, dropout and init"})
     max_tokens: int = field(default=0, metadata={"help": "tokens per sequence incl. [CLS]/[SEP] (0: from the window length and tokenizer)"})
+    stop_at_step: int = field(default=0, metadata={"help": "save and exit at this global step (0: run to max_steps); the LR and masking schedules still follow max_steps. For job slots shorter than the run"})
     progress: bool = field(default=True, metadata={"help": "tqdm progress bar on rank 0"})
 
     def __post_init__(self):
@@ -259,7 +260,8 @@ def train(cfg: TrainConfig, ds_config_path: str, local_rank: int = -1) -> dict:
     meter, history, summary = Meter(), [], {"start_step": step}
     t_run = time.perf_counter()
     try:
-        while step < cfg.max_steps:
+        end_step = min(cfg.max_steps, cfg.stop_at_step) if cfg.stop_at_step else cfg.max_steps
+        while step < end_step:
             _seed_everything(cfg.seed, step, rank)
             stats = torch.zeros(5, device=device)  # loss sum, masked, correct, mask-ratio sum, stop flag
             boundary = 0
@@ -308,9 +310,9 @@ def train(cfg: TrainConfig, ds_config_path: str, local_rank: int = -1) -> dict:
                 save(engine, ckpt_root, step, batches_consumed, resolved, tokenizer, world, cfg, rank)
                 summary["preempted"] = True
                 break
-            if step % cfg.save_interval == 0 or step == cfg.max_steps:
+            if step % cfg.save_interval == 0 or step == end_step:
                 save(engine, ckpt_root, step, batches_consumed, resolved, tokenizer, world, cfg, rank)
-        if not summary.get("preempted"):
+        if not summary.get("preempted") and step == cfg.max_steps:
             summary["eval"] = evaluate(engine, data_dir, tokenizer, max_tokens, masking, span_k, cfg, micro, rank, world, step, tb)
     finally:
         preempt.restore()

@@ -36,3 +36,16 @@ def shared_data():
             pytest.fail("MEGADNA_SHARED_DATA is not set or missing in CI")
         pytest.skip("real shared data not available (set MEGADNA_SHARED_DATA)")
     return d
+
+
+@pytest.fixture(scope="session")
+def real_shards(shared_data, tmp_path_factory):
+    """Shards of the real C. elegans + D. melanogaster excerpts (510-bp windows), shared by the
+    training, multi-node and ablation tests."""
+    from megadna.genome import WindowConfig
+    from megadna.shards import ShardConfig, write_shards
+
+    out = tmp_path_factory.mktemp("real_shards") / "shards"
+    fastas = [shared_data / "genomes" / "C.elegans.fa.gz", shared_data / "genomes" / "D.melanogaster.fa.gz"]
+    write_shards(fastas, out, WindowConfig(window=510, stride=255, val_fraction=0.05), ShardConfig(samples_per_shard=500))
+    return out

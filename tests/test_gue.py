@@ -1,0 +1,270 @@
+"""The GUE harness: real GUE subsets end to end, metrics recomputable from the saved predictions,
+restarts, input validation, the recipe and the published baselines."""
+
+import csv
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
+
+import megadna.gue as gue
+from megadna.errors import InputError
+from megadna.gue import GUEConfig, format_table, load_baselines, read_split, recipe_for, run_gue
+
+pytest.importorskip("transformers")
+
+SEEDS = [42, 43]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # A tiny model gains nothing from threads, and on a shared 2-core machine two threads spin.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _quick(**overrides) -> GUEConfig:
+    """A few steps of a tiny random-init model on small subsets; lr high enough that predictions vary."""
+    fields = dict(init="random", model="tiny", tokenizer="kmer6", seeds=",".join(map(str, SEEDS)),
+                  max_train_samples=64, max_eval_samples=48, max_steps=3, batch_size=16, lr=2e-3,
+                  warmup_steps=0, eval_steps=0, progress=False)
+    return GUEConfig(**{**fields, **overrides})
+
+
+@pytest.fixture(scope="module")
+def real_run(shared_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("gue")
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        cfg = _quick(gue_dir=str(shared_data / "gue"), output_dir=str(out))
+        return cfg, run_gue(cfg)
+    finally:
+        torch.set_num_threads(n)
+
+
+def _read_predictions(path: Path):
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    index = np.array([int(r["index"]) for r in rows])
+    labels = np.array([int(r["label"]) for r in rows])
+    preds = np.array([int(r["prediction"]) for r in rows])
+    probs = np.array([[float(r[k]) for k in r if k.startswith("prob_")] for r in rows])
+    return index, labels, preds, probs
+
+
+def _check_reported_metrics_against_saved_predictions(out: Path, results: dict, gue_dir: Path, n_test: int) -> list[float]:
+    """Every reported figure is scikit-learn's on the saved predictions; returns the per-run MCCs."""
+    all_mccs = []
+    for row in results["datasets"]:
+        name = row["name"]
+        test_rows = list(csv.reader(open(gue_dir / name / "test.csv")))[1:]
+        mccs = []
+        for seed in results["seeds"]:
+            task, dataset = name.split("/")
+            index, labels, preds, probs = _read_predictions(out / "predictions" / f"{task}__{dataset}__seed{seed}.csv")
+            assert len(index) == n_test and len(set(index)) == n_test
+            # index is the row in test.csv: the saved label is that row's label
+            assert labels.tolist() == [int(test_rows[i][1]) for i in index]
+            assert np.allclose(probs.sum(1), 1, atol=1e-4) and (probs.argmax(1) == preds).all()
+            reported = row["per_seed"][str(seed)]
+            assert reported["mcc"] == pytest.approx(100 * matthews_corrcoef(labels, preds), abs=1e-9)
+            assert reported["f1"] == pytest.approx(100 * f1_score(labels, preds, average="macro", zero_division=0), abs=1e-9)
+            assert reported["accuracy"] == pytest.approx(100 * accuracy_score(labels, preds), abs=1e-9)
+            mccs.append(reported["mcc"])
+            assert (out / "runs" / f"{task}__{dataset}__seed{seed}.json").is_file()
+        assert row["mcc_mean"] == pytest.approx(np.mean(mccs))
+        assert row["mcc_std"] == pytest.approx(np.std(mccs, ddof=1) if len(mccs) > 1 else 0.0)
+        all_mccs += mccs
+    return all_mccs
+
+
+def test_real_gue_end_to_end_and_reported_metrics_equal_sklearn_on_saved_predictions(real_run, shared_data):
+    cfg, results = real_run
+    out = Path(cfg.output_dir)
+    names = ["mouse/0", "prom/prom_core_notata", "tf/0"]
+    assert [r["name"] for r in results["datasets"]] == names  # discovered, sorted
+    for f in ("results.json", "results.csv", "results.md", "config.json"):
+        assert (out / f).is_file(), f
+    assert json.loads((out / "config.json").read_text())["config"]["lr"] == cfg.lr
+    on_disk = json.loads((out / "results.json").read_text())
+    assert on_disk["datasets"] == json.loads(json.dumps(results["datasets"]))
+    _check_reported_metrics_against_saved_predictions(out, results, shared_data / "gue", n_test=48)
+    for row in results["datasets"]:
+        assert row["sizes"] == {"train": 64, "dev": 48, "test": 48}
+    # the published figures sit beside ours
+    tf0 = next(r for r in results["datasets"] if r["name"] == "tf/0")
+    assert tf0["baselines"] == {"dnabert2": 71.99, "dnabert_6mer": 66.84, "nt_2500m_multi": 66.64}
+    assert results["overall"]["baselines"]["dnabert2"] == pytest.approx((56.76 + 68.04 + 71.99) / 3)
+    md = (out / "results.md").read_text()
+    assert md == format_table(results) and "| tf/0 |" in md and "DNABERT-2" in md and "NT-2500M-multi" in md
+    with open(out / "results.csv", newline="") as f:
+        csv_rows = {r["name"]: r for r in csv.DictReader(f)}
+    assert float(csv_rows["tf/0"]["mcc_mean"]) == pytest.approx(tf0["mcc_mean"], abs=1e-4)
+    assert csv_rows["all"]["level"] == "all"
+
+
+def test_metrics_follow_varied_predictions(shared_data, tmp_path, monkeypatch):
+    """A few CPU steps leave a random-init model predicting one class (MCC 0 whatever the bookkeeping);
+    here the predictions vary, so a score computed on the wrong rows or split would show."""
+    real_predict = gue.predict
+
+    def varied(model, data, *args, **kwargs):
+        probs = real_predict(model, data, *args, **kwargs)
+        rng = np.random.default_rng(len(data.labels) + int(data.labels.sum()))
+        noisy = np.clip(probs + rng.normal(0, 0.3, probs.shape), 1e-3, None)
+        return noisy / noisy.sum(1, keepdims=True)
+
+    monkeypatch.setattr(gue, "predict", varied)
+    cfg = _quick(gue_dir=str(shared_data / "gue"), output_dir=str(tmp_path), datasets="tf/0", max_steps=1)
+    results = run_gue(cfg)
+    mccs = _check_reported_metrics_against_saved_predictions(tmp_path, results, shared_data / "gue", n_test=48)
+    assert all(m != 0 for m in mccs)
+
+
+def test_restart_skips_finished_runs_and_refuses_a_changed_config(real_run, monkeypatch):
+    cfg, results = real_run
+    out = Path(cfg.output_dir)
+    calls = []
+    real_finetune = gue.finetune
+
+    def counting(*args, **kwargs):
+        calls.append(kwargs["desc"])
+        return real_finetune(*args, **kwargs)
+
+    monkeypatch.setattr(gue, "finetune", counting)
+    again = run_gue(cfg)
+    assert calls == []  # everything was finished
+    assert again["datasets"] == results["datasets"]
+
+    # an interrupted run: one (dataset, seed) without its completion marker is redone, alone
+    (out / "runs" / "tf__0__seed43.json").unlink()
+    redone = run_gue(cfg)
+    assert calls == ["tf/0 seed 43"]
+    tf0 = next(r for r in redone["datasets"] if r["name"] == "tf/0")
+    assert tf0["per_seed"]["43"]["mcc"] == pytest.approx(results["datasets"][2]["per_seed"]["43"]["mcc"])  # deterministic
+
+    with pytest.raises(InputError, match=r"seed42\.json: this run finished under a different config \(lr"):
+        run_gue(_quick(gue_dir=cfg.gue_dir, output_dir=cfg.output_dir, lr=1e-3))
+
+
+def test_pretrained_model_on_the_demo_task_with_truncation(tmp_path, caplog):
+    from megadna.export import write_hf_dir
+    from megadna.model import BertForMLM, model_config
+    from megadna.synthetic import write_demo_gue
+    from megadna.tokenizers import get_tokenizer
+
+    write_demo_gue(tmp_path / "gue", seed=0, n_train=40, n_dev=20, n_test=20, length=60)
+    tok = get_tokenizer("kmer3")
+    torch.manual_seed(0)
+    write_hf_dir(BertForMLM(model_config("tiny", tok.vocab_size, max_position_embeddings=64)), tok, tmp_path / "model")
+    cfg = GUEConfig(gue_dir=str(tmp_path / "gue"), model=str(tmp_path / "model"), output_dir=str(tmp_path / "out"),
+                    seeds="7", max_tokens=32, max_steps=2, batch_size=8, micro_batch_size=4, eval_steps=1, progress=False)
+    with caplog.at_level(logging.WARNING, logger="megadna.gue"):
+        results = run_gue(cfg)
+    # 60 bp give 58 3-mers; 32 tokens leave room for 30: every sequence is cut to its first bases
+    assert "demo/motif: 40 of 40 train, 20 of 20 dev, 20 of 20 test sequences are longer than 30 tokens" in caplog.text
+    row = results["datasets"][0]
+    assert row["name"] == "demo/motif" and row["max_tokens"] == 32 and row["baselines"]["dnabert2"] is None
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["model"]["kind"] == "export"
+    assert "| demo/motif |" in format_table(results)
+
+
+def test_truncation_keeps_the_first_bases():
+    from megadna.tokenizers import get_tokenizer
+
+    tok = get_tokenizer("kmer6")
+    split = gue.Split(["ACGTACGGTCAGTTGACCATGACA", "ACGTAC" * 2], np.array([0, 1]), np.array([0, 1]))
+    enc = gue.encode_split(tok, split, max_tokens=10)
+    assert enc.input_ids[0, 1:9].tolist() == tok.encode(split.sequences[0][:13]).tolist()  # 8 6-mers = 13 bp
+    assert enc.lengths.tolist() == [10, 9]
+
+
+def _write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("text, message", [
+    ("", r"line 1: the file is empty"),
+    ("seq,label\nACGT,0\n", r"line 1: header is 'seq,label', expected 'sequence,label'"),
+    ("ACGT,0\nACGT,1\n", r"line 1: header is 'ACGT,0'"),
+    ("sequence,label\nACGT,0\nACGT,one\n", r"line 3: label 'one' is not a non-negative integer"),
+    ("sequence,label\nACGT,0\nACGT,1.0\n", r"line 3: label '1.0'"),
+    ("sequence,label\nACGT,0\n\nACGT,1\n", r"line 3: empty row"),
+    ("sequence,label\nACGT,0\nACXGT,1\n", r"line 3: non-DNA character 'X'"),
+    ("sequence,label\n,0\n", r"line 2: an empty sequence"),
+    ("sequence,label\nACGT,0,1\n", r"line 2: 3 fields, expected 2"),
+    ("sequence,label\n", r"no rows after the header"),
+])
+def test_bad_csv_errors_name_file_and_line(tmp_path, text, message):
+    path = _write(tmp_path / "train.csv", text)
+    with pytest.raises(InputError, match=message) as e:
+        read_split(path)
+    assert str(path) in str(e.value)
+
+
+def test_missing_split_and_unknown_dataset_are_clear(tmp_path, capsys):
+    good = "sequence,label\nACGTACGTAC,0\nTTGACCATGA,1\n"
+    _write(tmp_path / "GUE" / "tf" / "0" / "train.csv", good)
+    _write(tmp_path / "GUE" / "tf" / "0" / "test.csv", good)
+    assert gue.discover_datasets(tmp_path) == ["tf/0"]  # the folder holding GUE/ works too
+    with pytest.raises(InputError, match=r"tf/0/dev\.csv: missing"):
+        gue.load_dataset(tmp_path, "tf/0", _quick(gue_dir=str(tmp_path)))
+    with pytest.raises(InputError, match=r"--datasets: tf/9 not found .* available: tf/0"):
+        gue.select_datasets(tmp_path, "tf/9")
+
+    from megadna.cli.finetune_gue import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["--gue_dir", str(tmp_path), "--init", "random", "--model", "tiny", "--tokenizer", "kmer6",
+              "--output_dir", str(tmp_path / "out"), "--progress", "false"])
+    assert e.value.code == 2
+    assert "dev.csv: missing" in capsys.readouterr().err
+
+
+def test_subsample_is_deterministic_and_independent_of_the_training_seed(shared_data):
+    a = gue.load_dataset(shared_data / "gue", "tf/0", _quick(seeds="1"))
+    b = gue.load_dataset(shared_data / "gue", "tf/0", _quick(seeds="2"))
+    c = gue.load_dataset(shared_data / "gue", "tf/0", _quick(subsample_seed=1))
+    assert a["train"].index.tolist() == b["train"].index.tolist() != c["train"].index.tolist()
+    assert len(a["train"]) == 64 and len(a["test"]) == 48 and (np.diff(a["test"].index) > 0).all()
+
+
+def test_recipe_follows_dnabert2_scripts_and_flags_override_it():
+    assert recipe_for("prom/prom_core_notata") == gue.Recipe(epochs=4, warmup_steps=50, eval_steps=400)
+    assert recipe_for("prom/prom_core_tata").epochs == 10 and recipe_for("prom/prom_300_tata").epochs == 10
+    assert recipe_for("mouse/3") == gue.Recipe(epochs=5, warmup_steps=30, eval_steps=200, max_steps=1000)
+    assert recipe_for("tf/0").epochs == 3 and recipe_for("EMP/H3").epochs == 3
+    assert recipe_for("splice/reconstructed").epochs == 5 and recipe_for("virus/covid").epochs == 8
+    assert recipe_for("demo/motif").epochs == 3
+    cfg = GUEConfig(gue_dir="x", model="tiny", init="random", tokenizer="kmer6", epochs=1, max_steps=0)
+    assert cfg.resolved_recipe("mouse/0") == gue.Recipe(epochs=1, warmup_steps=30, eval_steps=200, max_steps=0)
+    default = GUEConfig(gue_dir="x", model="run")
+    assert (default.lr, default.weight_decay, default.batch_size, default.seed_list()) == (3e-5, 0.01, 32, [42, 43, 44])
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(model="tiny", init="random"), "needs --tokenizer"),
+    (dict(model="runs/x", init="random", tokenizer="kmer6"), "takes a preset"),
+    (dict(model="runs/x", tokenizer="kmer6"), "for --init random only"),
+    (dict(model="runs/x", batch_size=32, micro_batch_size=5), "multiple of --micro_batch_size"),
+    (dict(model="runs/x", seeds="42,x"), "comma-separated integers"),
+])
+def test_config_rejects_contradictions(kwargs, message):
+    with pytest.raises(InputError, match=message):
+        GUEConfig(gue_dir="x", **kwargs)
+
+
+def test_baselines_table_reproduces_the_papers_averages():
+    table = load_baselines()
+    assert len(table) == 28 and table["prom/prom_core_notata"]["dnabert2"] == 68.04
+    for column, headline in (("dnabert2", 66.80), ("nt_2500m_multi", 66.93), ("dnabert_6mer", 60.51)):
+        assert np.mean([row[column] for row in table.values()]) == pytest.approx(headline, abs=0.01)

@@ -1,0 +1,134 @@
+"""The trainer under the real `deepspeed` launcher on CPU ranks: it learns, it resumes exactly, it
+survives kills and preemption, it stops on a non-finite loss, and every shipped config runs."""
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from launch import ROOT, env, fp32_params, losses, pretrain_cmd, run
+
+from megadna import checkpoint as ckpt
+from megadna.train import load_ds_config
+
+pytestmark = pytest.mark.slow
+
+
+def _ok(proc):
+    assert proc.returncode == 0, f"exit {proc.returncode}\n--- stdout\n{proc.stdout[-4000:]}\n--- stderr\n{proc.stderr[-6000:]}"
+
+
+def test_two_rank_zero2_run_learns_on_real_shards(real_shards, tmp_path):
+    save = tmp_path / "run"
+    proc = run(pretrain_cmd("--data", real_shards, "--save_dir", save, "--max_steps", 120, "--save_interval", 120, "--eval_interval", 60, "--log_interval", 20, "--masking", "dnabert"))
+    _ok(proc)
+    ls = losses(save)
+    assert len(ls) == 120
+    first, last = sum(ls[:15]) / 15, sum(ls[-15:]) / 15
+    assert last < first - 0.05, f"loss did not fall: first {first:.4f}, last {last:.4f}"
+    cfg = json.loads((save / "config.json").read_text())
+    assert cfg["world_size"] == 2 and cfg["deepspeed"]["zero_optimization"]["stage"] == 2
+    assert "step 120/120" in proc.stdout and "eval @ step 120" in proc.stdout
+    (found,) = ckpt.complete_checkpoints(save / "checkpoints")
+    assert found[0] == 120
+    assert (found[1] / "tokenizer" / "vocab.txt").is_file() and (found[1] / "config.json").is_file()
+    assert list((save / "tensorboard").iterdir())
+
+
+def test_resume_equals_uninterrupted(real_shards, tmp_path):
+    common = ("--data", real_shards, "--max_steps", 20, "--save_interval", 10, "--eval_interval", 0, "--log_interval", 5, "--num_workers", 2, "--masking", "randommask", "--keep_last", 5)
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    _ok(run(pretrain_cmd(*common, "--save_dir", straight)))
+    _ok(run(pretrain_cmd(*common, "--save_dir", split, "--stop_at_step", 10)))
+    assert [s for s, _ in ckpt.complete_checkpoints(split / "checkpoints")] == [10]
+    resumed = run(pretrain_cmd(*common, "--save_dir", split))
+    _ok(resumed)
+    assert "resuming from" in resumed.stdout and "global_step 10" in resumed.stdout
+    assert losses(split) == losses(straight)  # bitwise: same data, masks, dropout and optimizer state
+    a = fp32_params(straight / "checkpoints" / ckpt.tag_for(20))
+    b = fp32_params(split / "checkpoints" / ckpt.tag_for(20))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def _wait_for(predicate, timeout, proc):
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if predicate():
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"run ended early ({proc.returncode}): {proc.stdout.read()[-3000:] if proc.stdout else ''}")
+        time.sleep(0.5)
+    raise AssertionError("timed out")
+
+
+def _start(cmd):
+    return subprocess.Popen(cmd, cwd=ROOT, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def test_killed_run_resumes_from_its_last_complete_checkpoint(real_shards, tmp_path):
+    save = tmp_path / "run"
+    common = ("--data", real_shards, "--save_dir", save, "--max_steps", 400, "--save_interval", 5, "--eval_interval", 0, "--keep_last", 2)
+    proc = _start(pretrain_cmd(*common, "--log_interval", 5))
+    try:
+        _wait_for(lambda: any(s >= 10 for s, _ in ckpt.complete_checkpoints(save / "checkpoints")), 300, proc)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # no chance to clean up: like a node failure
+        proc.wait()
+    # An interrupted save is a directory without the completion marker: it must be passed over.
+    (save / "checkpoints" / ckpt.tag_for(10**7)).mkdir()
+    newest = ckpt.complete_checkpoints(save / "checkpoints")[-1][0]
+    assert len(ckpt.complete_checkpoints(save / "checkpoints")) <= 2  # keep_last
+    resumed = run(pretrain_cmd(*common, "--stop_at_step", newest + 3, "--log_interval", 1))
+    _ok(resumed)
+    assert f"global_step {newest}" in resumed.stdout
+    assert ckpt.complete_checkpoints(save / "checkpoints")[-1][0] == newest + 3
+    steps = [json.loads(line)["step"] for line in (save / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, newest + 4))  # the log reads as one run
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_cleanly(real_shards, tmp_path):
+    save = tmp_path / "run"
+    proc = _start(pretrain_cmd("--data", real_shards, "--save_dir", save, "--max_steps", 400, "--save_interval", 1000, "--eval_interval", 0, "--num_workers", 1))
+    try:
+        _wait_for(lambda: (save / "metrics.jsonl").exists() and len(losses(save)) >= 3, 300, proc)
+        os.killpg(proc.pid, signal.SIGTERM)  # what SLURM does on preemption: the whole job gets it
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert "preemption signal: saving" in out
+    found = ckpt.complete_checkpoints(save / "checkpoints")
+    assert found and found[-1][0] == len(losses(save)) and 3 <= found[-1][0] < 400
+
+
+def test_non_finite_loss_stops_with_a_clear_message(real_shards, tmp_path):
+    cfg = json.loads((ROOT / "ds_configs" / "cpu_tiny.json").read_text())
+    cfg["optimizer"]["params"]["lr"] = 1e12  # a blow-up, deliberately
+    cfg["scheduler"] = {"type": "WarmupLR", "params": {"warmup_min_lr": 1e12, "warmup_max_lr": 1e12, "warmup_num_steps": 1}}
+    cfg["gradient_clipping"] = 0.0
+    (tmp_path / "ds.json").write_text(json.dumps(cfg))
+    save = tmp_path / "run"
+    proc = run(pretrain_cmd("--data", real_shards, "--save_dir", save, "--max_steps", 50, "--save_interval", 1, "--eval_interval", 0, num_gpus=1, ds_config=str(tmp_path / "ds.json")))
+    assert proc.returncode != 0
+    assert "error: loss is" in proc.stderr and "last complete checkpoint is intact" in proc.stderr
+    found = ckpt.complete_checkpoints(save / "checkpoints")
+    bad_step = len(losses(save))  # metrics hold only finite steps
+    assert found and found[-1][0] == bad_step
+    assert all(torch.isfinite(torch.tensor(x)) for x in losses(save))
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "ds_configs").glob("*.json")))
+def test_every_shipped_deepspeed_config_runs(name, real_shards, tmp_path):
+    cfg = load_ds_config(str(ROOT / "ds_configs" / name), max_steps=3, world_size=1)
+    assert cfg["scheduler"]["params"]["total_num_steps"] == 3
+    if cfg.get("fp16", {}).get("enabled") and not torch.cuda.is_available():
+        pytest.skip("fp16 training needs a GPU: DeepSpeed's CPU accelerator does not support fp16")
+    proc = run(pretrain_cmd("--data", real_shards, "--save_dir", tmp_path / "run", "--max_steps", 3, "--save_interval", 3, "--eval_interval", 0, "--log_interval", 1, num_gpus=1, ds_config=f"ds_configs/{name}"))
+    _ok(proc)
+    assert len(losses(tmp_path / "run")) == 3
