@@ -402,7 +402,7 @@ def test_to_hf_text_is_the_dnabert_format():
 
 def test_train_bpe_command_line(shared_data, tmp_path, capsys):
     pytest.importorskip("megadna.genome")  # the CLI reads FASTA through the genome reader
-    from megadna.tokenizers.train_bpe_cli import main
+    from megadna.cli.train_bpe import main
 
     fasta = shared_data / "genomes" / "A.thaliana.fa.gz"
     out = tmp_path / "bpe"
