@@ -56,7 +56,7 @@ class ShardConfig:
     compress: bool = True
     """.tar.gz (about 0.3 bytes per bp) instead of .tar (about 4 bytes per bp: two 512-byte tar headers per window)."""
     compresslevel: int = 1
-    """gzip level. Level 1 is ~5x faster than the tarfile default 9 and only a few % larger on DNA."""
+    """gzip level. Level 1 is several times faster than level 9 and only a few % larger on DNA."""
     write_shuffle: int = 20_000
     """Windows held in a seeded shuffle buffer while writing, so that a shard mixes regions of the
     genome instead of holding one contiguous stretch (0 writes in genome order)."""
@@ -94,48 +94,96 @@ class _HashingFile(io.RawIOBase):
         super().close()
 
 
+def _ustar_template() -> bytes:
+    """A 512-byte POSIX ustar header with every field fixed but name, size and checksum."""
+    h = bytearray(512)
+    h[100:108] = b"0000444\x00"  # mode r--r--r--
+    h[108:116] = b"0000000\x00"  # uid
+    h[116:124] = b"0000000\x00"  # gid
+    h[136:148] = b"00000000000\x00"  # mtime 0: shards are byte-reproducible
+    h[156:157] = b"0"  # regular file
+    h[257:265] = b"ustar\x0000"
+    h[265:272] = b"megadna"  # uname
+    h[297:304] = b"megadna"  # gname
+    return bytes(h)
+
+
+_USTAR = _ustar_template()
+_CHKSUM_SPACES = sum(b" " * 8)
+
+
+def tar_member(name: bytes, data: bytes) -> bytes:
+    """One tar member (header + data + padding), the same ustar format tarfile and webdataset read.
+
+    Python's tarfile builds each header field by field (~100 us a member); this fills a template
+    (~3 us), which is what lets sharding run at tens of Mbp/s per core (docs/BENCHMARKS.md).
+    """
+    if len(name) > 100:
+        raise ValueError(f"tar member name longer than 100 bytes: {name[:40]!r}...")
+    h = bytearray(_USTAR)
+    h[: len(name)] = name
+    h[124:136] = b"%011o\x00" % len(data)
+    h[148:156] = b"%06o\x00 " % (sum(h) + _CHKSUM_SPACES)
+    return bytes(h) + data + bytes(-len(data) % 512)
+
+
 class _ShardSink:
-    """Writes one split's windows into numbered shards through webdataset's TarWriter."""
+    """Writes one split's windows into numbered shards: one tar member pair per window."""
+
+    _FLUSH_BYTES = 1 << 20  # members are gathered and written (and compressed) a megabyte at a time
 
     def __init__(self, directory: Path, cfg: ShardConfig):
-        import webdataset as wds  # imported here: the writer is the only user
-
-        self._wds = wds
         self.dir = directory
         self.cfg = cfg
         self.shards: list[dict] = []
         self.windows = 0
         self.bp = 0
-        self._writer = None
+        self._out = None
         self._count = 0
+        self._json_cache: dict[str, str] = {}
 
     def _open(self):
         suffix = ".tar.gz" if self.cfg.compress else ".tar"
-        name = f"shard-{len(self.shards):06d}{suffix}"
-        self._raw = _HashingFile(self.dir / name)
-        # mtime=0 and a fixed tar mtime make shards byte-identical across runs (reproducible sha256).
-        self._gz = gzip.GzipFile(fileobj=self._raw, mode="wb", compresslevel=self.cfg.compresslevel, mtime=0) if self.cfg.compress else None
-        self._writer = self._wds.TarWriter(self._gz or self._raw, mtime=0, compress=False)
-        self._name = name
-        self._count = 0
+        self._name = f"shard-{len(self.shards):06d}{suffix}"
+        self._raw = _HashingFile(self.dir / self._name)
+        # mtime=0 in the gzip header too: shards are byte-identical across runs (reproducible sha256).
+        self._out = gzip.GzipFile(fileobj=self._raw, mode="wb", compresslevel=self.cfg.compresslevel, mtime=0) if self.cfg.compress else self._raw
+        self._buf, self._buf_bytes, self._count = [], 0, 0
+
+    def _flush(self):
+        self._out.write(b"".join(self._buf))
+        self._buf, self._buf_bytes = [], 0
 
     def _close(self):
-        self._writer.close()  # closes the tar stream; the file objects below it are closed here
-        if self._gz is not None:
-            self._gz.close()
+        self._buf.append(bytes(1024))  # end of archive: two zero blocks
+        self._flush()
+        if self._out is not self._raw:
+            self._out.close()
         self._raw.close()
         self.shards.append({"name": self._name, "samples": self._count, "bytes": self._raw.nbytes, "sha256": self._raw.sha256.hexdigest()})
-        self._writer = None
+        self._out = None
+
+    def _json_str(self, s: str) -> str:
+        j = self._json_cache.get(s)
+        if j is None:
+            j = self._json_cache[s] = json.dumps(s)
+        return j
 
     def write(self, w: Window):
-        if self._writer is None:
+        if self._out is None:
             self._open()
-        meta = {"contig": w.contig, "start": w.start, "end": w.end, "strand": w.strand, "source": w.source}
+        meta = f'{{"contig": {self._json_str(w.contig)}, "start": {w.start}, "end": {w.end}, "strand": "{w.strand}", "source": {self._json_str(w.source)}'
         if w.softmask_fraction is not None:
-            meta["softmask_fraction"] = round(w.softmask_fraction, 4)
+            meta += f', "softmask_fraction": {round(w.softmask_fraction, 4)}'
         # Keys must not contain '.', which webdataset reads as the start of the extension: contig
         # names such as NC_000913.3 live in meta.json instead.
-        self._writer.write({"__key__": f"w{self.windows:010d}", "seq.txt": w.seq, "meta.json": meta})
+        key = b"w%010d" % self.windows
+        seq = w.seq.encode("ascii")
+        members = tar_member(key + b".seq.txt", seq) + tar_member(key + b".meta.json", (meta + "}").encode())
+        self._buf.append(members)
+        self._buf_bytes += len(members)
+        if self._buf_bytes >= self._FLUSH_BYTES:
+            self._flush()
         self._count += 1
         self.windows += 1
         self.bp += w.end - w.start
@@ -143,7 +191,7 @@ class _ShardSink:
             self._close()
 
     def finish(self) -> dict:
-        if self._writer is not None:
+        if self._out is not None:
             self._close()
         return {"shards": self.shards, "windows": self.windows, "bp": self.bp}
 

@@ -3,13 +3,15 @@
     # 5. BertForMLM vs transformers BertForMaskedLM (sdpa): full fwd + bwd + AdamW step, interleaved
     python tools/bench_train.py mlm --preset tiny --batch 8 --seq 512
     python tools/bench_train.py mlm --preset small --batch 8 --seq 512
-    python tools/bench_train.py mlm --preset dnabert-base --batch 1 --seq 512 --repeats 3 --steps 1
+    python tools/bench_train.py mlm --preset dnabert-base --batch 1 --seq 512 --repeats 3 --steps 1 --warmup 1
+    python tools/bench_train.py mlm --preset tiny --dtype bf16        # bf16 is emulated on this CPU: ~3 min
     # 6. megadna.train.train (DeepSpeed, ZeRO-2, one in-process rank) vs a bare PyTorch loop
-    python tools/bench_train.py loop --preset tiny
+    python tools/bench_train.py loop --preset tiny --repeats 5
     # 7. apply_masking's share of a training step (small preset, RandomMask, last phase)
     python tools/bench_train.py masking --preset small
-    # 8. on a GPU: tokens/s and MFU of dnabert-base in bf16 (and HF's, interleaved)
-    python tools/bench_train.py mlm --device cuda --dtype bf16 --preset dnabert-base --batch 64 --seq 512
+    # 8. on a GPU: tokens/s and MFU of dnabert-base in bf16 (and HF's, interleaved); masking's share there
+    python tools/bench_train.py mlm --device cuda --dtype bf16 --preset dnabert-base --batch 64 --seq 512 --steps 10 --warmup 5
+    python tools/bench_train.py masking --device cuda --dtype bf16 --preset dnabert-base --batch 64 --masking_steps 50
 
 Every ratio is taken in one process, the two sides interleaved (megadna.bench.interleave), as the
 median over repeats. CPU runs use --threads intra-op threads (default 1) for both sides alike.
@@ -301,8 +303,9 @@ def bench_masking(args) -> dict:
     device = _setup(args)
     sync = _sync(device) or (lambda: None)
     torch.manual_seed(0)
-    model = BertForMLM(model_config(args.preset, vocab_size=VOCAB)).to(device).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
+    model = BertForMLM(model_config(args.preset, vocab_size=VOCAB)).to(device, dtype).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
     cfg = MaskingConfig(policy="randommask")
     total_steps = 1000
     g = torch.Generator().manual_seed(0)
@@ -327,12 +330,13 @@ def bench_masking(args) -> dict:
             mask_s.append(t1 - t0)
             step_s.append(t2 - t0)
     shares = [m / s for m, s in zip(mask_s, step_s)]
-    return {"preset": args.preset, "batch": args.batch, "seq": args.seq, "boundary": boundary, "threads": torch.get_num_threads(),
+    return {"preset": args.preset, "batch": args.batch, "seq": args.seq, "dtype": args.dtype, "device": str(device), "boundary": boundary,
+            "threads": torch.get_num_threads() if device.type == "cpu" else None,
             "mask_ms": median(mask_s) * 1e3, "step_ms": median(step_s) * 1e3, "share": median(shares), "shares": shares}
 
 
 def print_masking(r: dict) -> None:
-    print(f"{r['preset']}, batch {r['batch']} x {r['seq']} tokens, RandomMask boundary {r['boundary']}, {r['threads']} threads: "
+    print(f"{r['preset']}, batch {r['batch']} x {r['seq']} tokens, {r['dtype']} on {r['device']} ({r['threads']} threads), RandomMask boundary {r['boundary']}: "
           f"apply_masking {r['mask_ms']:.2f} ms of a {r['step_ms']:.0f} ms step = {r['share']:.2%} (median of {len(r['shares'])} steps); "
           f"target < 2%: {verdict(r['share'], 0.02, higher_is_better=False)}")
 
