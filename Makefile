@@ -3,6 +3,9 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 DEMO_OUT ?= demo_out
+# DeepSpeed compiles its CPU ops (shm comm, Adam) on first use. One cache per virtual environment:
+# a cache shared between environments is rebuilt every time another one uses it.
+export TORCH_EXTENSIONS_DIR ?= $(abspath $(VENV))/torch_extensions
 
 .PHONY: install demo test clean
 

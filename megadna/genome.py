@@ -1,7 +1,7 @@
 """FASTA in, genome windows out: the first step of the data path.
 
-A FASTA file (plain or gzipped, told apart by its magic bytes, not its name) is streamed line by line;
-one record is held at a time, as a bytearray, so a genome is never one Python string. Bases are
+A FASTA file (plain or gzipped, told apart by its magic bytes, not its name) is streamed in blocks;
+one record is held at a time, so memory is bounded by the largest record, never the genome. Bases are
 upper-cased and the IUPAC ambiguity codes (R, Y, K, M, S, W, B, D, H, V) become N, so downstream code
 sees only A, C, G, T and N. Lower case (soft-masked repeats) can be kept as a per-base flag.
 
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import gzip
 import zlib
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Iterator, Sequence
@@ -31,6 +32,10 @@ _NUCLEOTIDES = b"ACGTN" + _IUPAC_AMBIGUOUS
 _VALID = _NUCLEOTIDES + _NUCLEOTIDES.lower()
 _TO_UPPER = bytes.maketrans(_VALID, _VALID.upper())
 _TO_UPPER_N = bytes.maketrans(_VALID, b"ACGTN" + b"N" * len(_IUPAC_AMBIGUOUS) + b"ACGTN" + b"N" * len(_IUPAC_AMBIGUOUS))
+_VALID_OR_LF = _VALID + b"\n"
+# Decompressed bytes read at a time. Lines and records straddle blocks freely (tests shrink it to a few
+# bytes); large blocks make the per-block Python cost negligible. Gzip returns less, ~25 kB per read.
+_BLOCK_BYTES = 1 << 20
 # Complements, IUPAC codes included (R=A/G <-> Y=C/T, K <-> M, B <-> V, D <-> H; S, W, N are their own).
 _COMPLEMENT = str.maketrans("ACGTNRYKMSWBDHVacgtnrykmswbdhv", "TGCANYRMKSWVHDBtgcanyrmkswvhdb")
 
@@ -54,16 +59,13 @@ def reverse_complement(seq: str) -> str:
     return seq.translate(_COMPLEMENT)[::-1]
 
 
-def _numbered_lines(path: Path, shown: str) -> Iterator[tuple[int, bytes]]:
-    """Yield (1-based line number, stripped line) of a plain or gzipped file (told by magic bytes).
-
-    Decompression failures become InputError naming the file and the line being read.
-    """
+@contextmanager
+def _open_fasta(path: Path, shown: str) -> Iterator[tuple[BinaryIO, bool]]:
+    """Open a plain or gzipped file (told by magic bytes): yield (binary reader, gzipped)."""
     try:
         raw = open(path, "rb")
     except OSError as e:
         raise InputError(f"{shown}: cannot open FASTA file ({e.strerror or e}).") from None
-    lineno = 0
     with raw:  # GzipFile.close() leaves the file object it wraps open: close it here
         try:
             head = raw.read(6)
@@ -74,17 +76,11 @@ def _numbered_lines(path: Path, shown: str) -> Iterator[tuple[int, bytes]]:
             if head.startswith(magic):
                 raise InputError(f"{shown}: looks {kind}-compressed; only plain or gzipped FASTA is read. "
                                  f"Decompress it (or recompress it with gzip) first.")
-        gzipped = head.startswith(_GZIP_MAGIC)
-        fh: BinaryIO = gzip.GzipFile(fileobj=raw, mode="rb") if gzipped else raw  # type: ignore[assignment]
-        try:
-            with fh:
-                for lineno, line in enumerate(fh, start=1):
-                    yield lineno, line.strip()
-        except (EOFError, OSError, zlib.error) as e:
-            # EOFError: truncated gzip; BadGzipFile (an OSError): bad header or CRC; zlib.error: bad data.
-            what = "the gzip stream is corrupt or truncated" if gzipped else "reading failed"
-            raise InputError(f"{where(shown, line=lineno + 1)}: {what} ({type(e).__name__}: {e}). "
-                             f"Re-download or re-compress the file.") from None
+        if not head.startswith(_GZIP_MAGIC):
+            yield raw, False
+            return
+        with gzip.GzipFile(fileobj=raw, mode="rb") as fh:
+            yield fh, True  # type: ignore[misc]
 
 
 def _bad_char_error(line: bytes, bad: bytes, shown: str, record: str, lineno: int) -> InputError:
@@ -94,6 +90,113 @@ def _bad_char_error(line: bytes, bad: bytes, shown: str, record: str, lineno: in
     return InputError(f"{where(shown, line=lineno, record=record)}, column {column}: {char} is not a "
                       f"nucleotide code (A, C, G, T, N or IUPAC R Y K M S W B D H V). Is this a protein "
                       f"FASTA or a corrupt file?")
+
+
+class _FastaParser:
+    """Turns whole lines of FASTA, fed in chunks, into Contigs; one record is held at a time.
+
+    The meaning of a line is fixed: strip its whitespace, skip it if empty, a header if it starts
+    with '>', else sequence. A run of lines holding no '>' is sequence: when it has nothing but
+    nucleotide codes and LF or CRLF line ends (nearly always), it is validated, upper-cased and
+    stripped of line ends by two `bytes.translate` calls over the whole run. Anything else (stray
+    whitespace, a bad byte, sequence before a header) goes line by line, which finds the exact line
+    and column to report. Line numbers come from counting LFs, once over the data.
+    """
+
+    def __init__(self, shown: str, table: bytes, keep_softmask: bool):
+        self.shown, self.table, self.keep_softmask = shown, table, keep_softmask
+        self.line = 1  # line number of the next byte to be fed
+        self.seen: dict[str, int] = {}  # record name -> its header line
+        self.name: str | None = None
+        self.header_line = 0
+        self.parts: list[bytes] = []  # the record's bases so far, upper-cased
+        self.masks: list[np.ndarray] = []  # and where they were lower case, with keep_softmask
+
+    def feed(self, chunk: bytes) -> Iterator[Contig]:
+        """Parse `chunk`: whole lines (ending in LF, bar the file's last line). Yield finished records."""
+        pos, n = 0, len(chunk)
+        line, counted = self.line, 0  # `line` is the number of the line holding chunk[counted]
+        while pos < n:
+            gt = chunk.find(b">", pos)
+            # Lines before the one holding the next '>' are all sequence (or blank, or junk).
+            end = n if gt < 0 else chunk.rfind(b"\n", pos, gt) + 1 or pos
+            if end > pos:
+                line += chunk.count(b"\n", counted, pos)
+                counted = pos
+                self._sequence(chunk[pos:end], line)
+            if gt < 0:
+                break
+            pos = chunk.find(b"\n", gt) + 1 or n
+            line += chunk.count(b"\n", counted, end)
+            counted = end
+            header = chunk[end:pos].strip()
+            if header[:1] != b">":  # a '>' inside a sequence line, such as "AC>GT": reported as a bad byte
+                self._sequence(chunk[end:pos], line)
+                continue
+            if self.name is not None:
+                yield self._finish()  # before any error in this header: earlier records come first
+            self._header(header, line)
+        self.line = line + chunk.count(b"\n", counted)
+
+    def end(self) -> Contig:
+        if self.name is None:
+            raise InputError(f"{self.shown}: no FASTA records (the file is empty or has no '>' header).")
+        return self._finish()
+
+    def _header(self, header: bytes, lineno: int) -> None:
+        shown = self.shown
+        try:
+            words = header[1:].decode("utf-8").split()
+        except UnicodeDecodeError as e:
+            raise InputError(f"{where(shown, line=lineno)}: the header is not UTF-8 text (byte "
+                             f"0x{header[1 + e.start]:02x}); is this a FASTA file?") from None
+        if not words:
+            raise InputError(f"{where(shown, line=lineno)}: the header '>' has no record name.")
+        name = words[0]
+        if name in self.seen:
+            raise InputError(f"{where(shown, line=lineno, record=name)}: duplicate record name (first "
+                             f"at line {self.seen[name]}). Record names must be unique.")
+        self.seen[name] = self.header_line = lineno
+        self.name = name
+
+    def _sequence(self, lines: bytes, lineno: int) -> None:
+        """Add whole lines holding no header (the first is line `lineno`) to the current record."""
+        if self.name is not None:
+            bad = lines.translate(None, _VALID_OR_LF)
+            # CR is fine only as part of CRLF; a lone CR (or CRCRLF) is left to the line-by-line path.
+            if not bad or (not bad.translate(None, b"\r") and lines.count(b"\r") == lines.count(b"\r\n")):
+                self._add(lines.translate(None, b"\r\n") if self.keep_softmask else lines)
+                return
+        for i, line in enumerate(lines.split(b"\n")):
+            line = line.strip()
+            if not line:
+                continue
+            if self.name is None:
+                raise InputError(f"{where(self.shown, line=lineno + i)}: sequence before the first '>' "
+                                 f"header; a FASTA file must start with a '>name' line.")
+            bad = line.translate(None, _VALID)
+            if bad:
+                raise _bad_char_error(line, bad, self.shown, self.name, lineno + i)
+            self._add(line)
+
+    def _add(self, bases: bytes) -> None:
+        """Add validated bases (line ends may remain when softmask is not kept; they are dropped here)."""
+        if self.keep_softmask:
+            # Lower-case letters are exactly the bytes >= ord('a') among the validated codes.
+            self.masks.append(np.frombuffer(bases, dtype=np.uint8) >= ord("a"))
+        upper = bases.translate(self.table, b"\r\n")
+        if upper:
+            self.parts.append(upper)
+
+    def _finish(self) -> Contig:
+        assert self.name is not None  # _finish() is only called once a header was read
+        if not self.parts:
+            raise InputError(f"{where(self.shown, line=self.header_line, record=self.name)}: the record has a "
+                             f"header but no sequence.")
+        seq = b"".join(self.parts)
+        softmask = np.concatenate(self.masks) if self.keep_softmask else None
+        self.parts, self.masks = [], []
+        return Contig(name=self.name, seq=seq, softmask=softmask, source=self.shown)
 
 
 def read_fasta(path: str | Path, *, keep_softmask: bool = False, iupac_to_n: bool = True) -> Iterator[Contig]:
@@ -106,51 +209,28 @@ def read_fasta(path: str | Path, *, keep_softmask: bool = False, iupac_to_n: boo
     or truncated gzip stream. Records before the bad place have already been yielded.
     """
     shown = str(path)
-    table = _TO_UPPER_N if iupac_to_n else _TO_UPPER
-    seen: dict[str, int] = {}  # record name -> its header line
-    name: str | None = None
-    header_line = 0
-    raw = bytearray()
-
-    def finish() -> Contig:
-        if not raw:
-            raise InputError(f"{where(shown, line=header_line, record=name)}: the record has a header but "
-                             f"no sequence.")
-        # Lower-case letters are exactly the bytes >= ord('a') among the validated codes.
-        softmask = np.frombuffer(raw, dtype=np.uint8) >= ord("a") if keep_softmask else None
-        assert name is not None  # finish() is only called once a header was read
-        return Contig(name=name, seq=bytes(raw.translate(table)), softmask=softmask, source=shown)
-
-    for lineno, line in _numbered_lines(Path(path), shown):
-        if not line:
-            continue
-        if line[:1] == b">":
-            if name is not None:
-                yield finish()
-                raw = bytearray()
+    parser = _FastaParser(shown, _TO_UPPER_N if iupac_to_n else _TO_UPPER, keep_softmask)
+    with _open_fasta(Path(path), shown) as (fh, gzipped):
+        tail: list[bytes] = []  # the last, unfinished line read so far, in pieces
+        while True:
             try:
-                words = line[1:].decode("utf-8").split()
-            except UnicodeDecodeError as e:
-                raise InputError(f"{where(shown, line=lineno)}: the header is not UTF-8 text (byte "
-                                 f"0x{line[1 + e.start]:02x}); is this a FASTA file?") from None
-            if not words:
-                raise InputError(f"{where(shown, line=lineno)}: the header '>' has no record name.")
-            name, header_line = words[0], lineno
-            if name in seen:
-                raise InputError(f"{where(shown, line=lineno, record=name)}: duplicate record name (first "
-                                 f"at line {seen[name]}). Record names must be unique.")
-            seen[name] = lineno
-            continue
-        if name is None:
-            raise InputError(f"{where(shown, line=lineno)}: sequence before the first '>' header; a FASTA "
-                             f"file must start with a '>name' line.")
-        bad = line.translate(None, _VALID)
-        if bad:
-            raise _bad_char_error(line, bad, shown, name, lineno)
-        raw += line
-    if name is None:
-        raise InputError(f"{shown}: no FASTA records (the file is empty or has no '>' header).")
-    yield finish()
+                block = fh.read1(_BLOCK_BYTES)  # at most one raw read: a gzip error is near the line named
+            except (EOFError, OSError, zlib.error) as e:
+                # EOFError: truncated gzip; BadGzipFile (an OSError): bad header or CRC; zlib.error: bad data.
+                what = "the gzip stream is corrupt or truncated" if gzipped else "reading failed"
+                raise InputError(f"{where(shown, line=parser.line)}: {what} ({type(e).__name__}: {e}). "
+                                 f"Re-download or re-compress the file.") from None
+            if not block:
+                break
+            cut = block.rfind(b"\n") + 1
+            if not cut:  # a line longer than a block (a single-line chromosome)
+                tail.append(block)
+                continue
+            tail.append(block[:cut])
+            yield from parser.feed(b"".join(tail))
+            tail = [block[cut:]]
+        yield from parser.feed(b"".join(tail))  # the last line, when it has no line end
+    yield parser.end()
 
 
 @dataclass(frozen=True)

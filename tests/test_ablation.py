@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from megadna.ablation import AblationConfig, Arm, convergence, format_markdown, parse_arms, run_ablation, smooth
+from megadna.ablation import AblationConfig, Arm, convergence, format_markdown, parse_arms, smooth
 from megadna.cli.ablate_tokenizers import main as ablate_main
 from megadna.errors import InputError
 

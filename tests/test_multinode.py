@@ -62,6 +62,13 @@ def _kill_group(pid: int) -> None:
         pass
 
 
+def _steps_logged(save: Path) -> int:
+    try:  # complete lines only: the trainer may be writing the next one
+        return (save / "metrics.jsonl").read_text().count("\n")
+    except FileNotFoundError:
+        return 0
+
+
 def _finish(procs: list[subprocess.Popen], logs: list[Path], timeout=420) -> list[str]:
     try:
         for p in procs:
@@ -148,44 +155,74 @@ def test_two_node_job_ranks_read_disjoint_data(two_node_run):
     assert not windows[0] & windows[1]
 
 
+FAKE_SCONTROL = """\
+#!/bin/bash
+# stand-in: `scontrol show hostnames LIST` prints the allocation's hosts
+[ "$1 $2" = "show hostnames" ] && printf '%s\\n' $FAKE_SLURM_HOSTS
+"""
+
+FAKE_SRUN = """\
+#!/bin/bash
+# stand-in for srun: one task per host of the allocation, run here with the variables srun sets, each
+# task in its own process group. A SIGTERM to this srun reaches every process of every task, as
+# slurmstepd delivers a signal for the step (--signal=TERM@120, preemption).
+set -m
+while [[ $1 == --* ]]; do shift; done
+echo $$ > "$FAKE_SLURM_DIR/srun.pid"
+i=0; pids=()
+for h in $FAKE_SLURM_HOSTS; do
+    SLURM_NODEID=$i SLURM_PROCID=$i SLURMD_NODENAME=$h "$@" & pids+=($!); i=$((i + 1))
+done
+trap 'for p in "${pids[@]}"; do kill -TERM -- "-$p" 2>/dev/null; done' TERM
+rc=0
+for p in "${pids[@]}"; do
+    while :; do wait "$p"; r=$?; [ $r -gt 128 ] && kill -0 "$p" 2>/dev/null && continue; break; done
+    [ $r -ne 0 ] && rc=$r
+done
+exit $rc
+"""
+
+
 @pytest.mark.slow
-def test_slurm_batch_script_resumes_the_two_node_job(two_node_run, tmp_path):
-    """slurm.sbatch on a two-node "allocation": stand-in scontrol/srun that run each task locally with
-    the SLURM variables a real srun sets. The job resumes from the two-node checkpoint (--resume auto)."""
+def test_slurm_job_resumes_the_two_node_run_and_saves_on_preemption(two_node_run, tmp_path):
+    """launchers/slurm.sbatch on a two-node "allocation" (stand-in scontrol/srun that run each task
+    here): the job resumes the two-node run from its checkpoint (--resume auto), then gets SLURM's
+    SIGTERM on every process of the step, as before the time limit or on preemption. Both nodes stop
+    after the same step, save it, and the job's log reads as one run."""
     save = two_node_run["save"]
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    (bin_dir / "scontrol").write_text(textwrap.dedent("""\
-        #!/bin/bash
-        # stand-in: `scontrol show hostnames LIST` prints the allocation's hosts
-        [ "$1 $2" = "show hostnames" ] && printf '%s\\n' $FAKE_SLURM_HOSTS
-        """))
-    (bin_dir / "srun").write_text(textwrap.dedent("""\
-        #!/bin/bash
-        # stand-in: one task per host of the allocation, run here, with SLURM_NODEID/SLURMD_NODENAME set
-        while [[ $1 == --* ]]; do shift; done
-        i=0; pids=()
-        for h in $FAKE_SLURM_HOSTS; do
-            SLURM_NODEID=$i SLURM_PROCID=$i SLURMD_NODENAME=$h "$@" & pids+=($!); i=$((i + 1))
-        done
-        rc=0; for p in "${pids[@]}"; do wait "$p" || rc=$?; done; exit $rc
-        """))
-    for f in bin_dir.iterdir():
-        f.chmod(0o755)
+    for name, text in (("scontrol", FAKE_SCONTROL), ("srun", FAKE_SRUN)):
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
     port = _free_port_between(20000, 40000)
     job_id = 100000 + port - 20000  # the batch script's port, 20000 + job id mod 20000, is then free
-    env = _env(PATH=f"{bin_dir}{os.pathsep}{_env()['PATH']}", FAKE_SLURM_HOSTS="localhost 127.0.0.1", SLURM_JOB_ID=job_id, SLURM_JOB_NODELIST="fake[0-1]",
-               SLURM_JOB_NUM_NODES=2, SLURM_SUBMIT_DIR=tmp_path, MEGADNA_ROOT=ROOT, MEGADNA_SLOTS_PER_NODE=1)
+    env = _env(PATH=f"{bin_dir}{os.pathsep}{_env()['PATH']}", FAKE_SLURM_HOSTS="localhost 127.0.0.1", FAKE_SLURM_DIR=tmp_path,
+               SLURM_JOB_ID=job_id, SLURM_JOB_NODELIST="fake[0-1]", SLURM_JOB_NUM_NODES=2, SLURM_SUBMIT_DIR=tmp_path,
+               MEGADNA_ROOT=ROOT, MEGADNA_SLOTS_PER_NODE=1)
     env.pop("MASTER_PORT")  # the batch script derives one from the job id
-    proc = subprocess.run(["bash", str(ROOT / "launchers" / "slurm.sbatch"), *_train_args(two_node_run["data"], save, STEPS + 2)],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=420)
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, out[-6000:]
-    assert f"job {job_id}, 2 node(s) x 1 rank(s), master localhost:{port}" in out
+    log = tmp_path / "slurm.out"
+    proc = subprocess.Popen(["bash", str(ROOT / "launchers" / "slurm.sbatch"), *_train_args(two_node_run["data"], save, 400)],
+                            cwd=tmp_path, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        t0 = time.time()
+        while _steps_logged(save) < STEPS + 1:  # the resumed run has taken a step of its own
+            assert proc.poll() is None, f"ended early ({proc.returncode}):\n{log.read_text()[-4000:]}"
+            assert time.time() - t0 < 300, log.read_text()[-4000:]
+            time.sleep(0.3)
+        os.kill(int((tmp_path / "srun.pid").read_text()), signal.SIGTERM)
+        proc.wait(timeout=120)
+    finally:
+        _kill_group(proc.pid)
+    out = log.read_text()
+    assert f"job {job_id}, 2 node(s) x 1 rank(s), master localhost:{port}" in out  # 20000 + job id mod 20000
     assert f"resuming from {save / 'checkpoints' / ckpt.tag_for(STEPS)} at global_step {STEPS}" in out
-    assert [s for s, _ in ckpt.complete_checkpoints(save / "checkpoints")] == [STEPS, STEPS + 2]
+    saved = [int(line.rsplit("global_step ", 1)[1].split()[0]) for line in out.splitlines() if "preemption signal: saving at global_step" in line]
+    assert len(saved) == 2 and saved[0] == saved[1] > STEPS, out[-4000:]  # both nodes, the same step
+    assert [s for s, _ in ckpt.complete_checkpoints(save / "checkpoints")] == [STEPS, saved[0]]
+    assert ckpt.read_meta(save / "checkpoints" / ckpt.tag_for(saved[0]))["world_size"] == 2
     steps = [json.loads(line)["step"] for line in (save / "metrics.jsonl").read_text().splitlines()]
-    assert steps == list(range(1, STEPS + 3))  # one run, continued
+    assert steps == list(range(1, saved[0] + 1))  # one run, continued
     assert not (tmp_path / f"hostfile.{job_id}").exists()  # the generated hostfile is cleaned up
 
 
@@ -214,13 +251,6 @@ pids=()
 for i in 0 1; do bash -c "${cmd//%n/$i}" & pids+=($!); echo $! > "$FAKE_PDSH_DIR/$i.pgid"; done
 rc=0; for p in "${pids[@]}"; do wait "$p" || rc=$?; done; exit $rc
 """
-
-
-def _steps_logged(save: Path) -> int:
-    try:  # complete lines only: the trainer may be writing the next one
-        return (save / "metrics.jsonl").read_text().count("\n")
-    except FileNotFoundError:
-        return 0
 
 
 @pytest.mark.slow

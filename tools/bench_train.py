@@ -2,7 +2,7 @@
 
     # 5. BertForMLM vs transformers BertForMaskedLM (sdpa): full fwd + bwd + AdamW step, interleaved
     python tools/bench_train.py mlm --preset tiny --batch 8 --seq 512
-    python tools/bench_train.py mlm --preset small --batch 8 --seq 512
+    python tools/bench_train.py mlm --preset small --batch 8 --seq 512 --split   # --split: encoder vs head cost
     python tools/bench_train.py mlm --preset dnabert-base --batch 1 --seq 512 --repeats 3 --steps 1 --warmup 1
     python tools/bench_train.py mlm --preset tiny --dtype bf16        # bf16 is emulated on this CPU: ~3 min
     # 6. megadna.train.train (DeepSpeed, ZeRO-2, one in-process rank) vs a bare PyTorch loop
@@ -136,7 +136,34 @@ def bench_mlm(args) -> dict:
         out["mfu"] = {k: tps[k] * flops[k] / peak for k in tps}  # each model's own FLOPs (HF: full head)
     if device.type == "cuda":
         out["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+    if args.split:
+        out["split_s"] = _split(models, batches[0], args.repeats, device)
     return out
+
+
+def _split(models, batch, repeats, device) -> dict:
+    """Seconds of one forward + backward (no optimizer) of the encoder alone and of the whole model
+    with its loss, per side, interleaved: how much of the step the head and loss are. CPU seconds on
+    a CPU (one thread: the work itself), wall seconds on a GPU."""
+    ids, attn, labels = batch
+    ours, hf = models["megadna"], models["hf"]
+
+    def fwd_bwd(loss_fn):
+        def run():
+            loss_fn().backward()
+            return 1
+        return run
+
+    cases = {
+        "megadna encoder": fwd_bwd(lambda: ours.bert(ids, attn).float().pow(2).mean()),
+        "megadna encoder + head + loss": fwd_bwd(lambda: ours(ids, attention_mask=attn, labels=labels)["loss"]),
+        "hf encoder": fwd_bwd(lambda: hf.bert(input_ids=ids, attention_mask=attn).last_hidden_state.float().pow(2).mean()),
+        "hf encoder + head + loss": fwd_bwd(lambda: hf(input_ids=ids, attention_mask=attn, labels=labels).loss),
+    }
+    for run in cases.values():  # warm-up
+        run()
+    t = interleave(cases, repeats, sync=_sync(device))
+    return {k: median(x.cpu_s if device.type == "cpu" else x.wall_s for x in v) for k, v in t.items()}
 
 
 def print_mlm(r: dict) -> None:
@@ -148,6 +175,10 @@ def print_mlm(r: dict) -> None:
     if r["cpu_speedup"] is not None:
         print(f"per CPU second: {r['cpu_speedup']:.2f}x (per repeat {', '.join(f'{x:.2f}' for x in r['cpu_speedup_per_repeat'])}); "
               f"target >= 1.5x: {verdict(r['cpu_speedup'], 1.5)} (CPU)")
+    if "split_s" in r:
+        sp = r["split_s"]
+        print(markdown_table([{"forward + backward": k, "seconds": f"{v:.3f}"} for k, v in sp.items()]))
+        print(f"with a free head and loss, megadna / HF could reach at most {sp['hf encoder + head + loss'] / sp['megadna encoder']:.2f}x on this shape")
     if "mfu" in r:
         print(f"MFU (megadna, vs the dense {r['peak_tflops']:.0f} TFLOP/s peak): {r['mfu']['megadna']:.1%}; target >= 50%: {verdict(r['mfu']['megadna'], 0.5)}")
 
@@ -353,6 +384,7 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=5, help="interleaved repeats; the median is reported")
     p.add_argument("--steps", type=int, default=3, help="mlm: optimizer steps per timed repeat")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first")
+    p.add_argument("--split", action="store_true", help="mlm: also time encoder-only vs whole-model forward + backward per side")
     p.add_argument("--ds_config", default="cpu_tiny.json", help="loop: a file in ds_configs/")
     p.add_argument("--loop_warmup", type=int, default=10, help="loop: steps left out of the timing (start-up)")
     p.add_argument("--loop_steps", type=int, default=40, help="loop: steps timed per run")
