@@ -228,7 +228,7 @@ def read_fasta(path: str | Path, *, keep_softmask: bool = False, iupac_to_n: boo
                 continue
             tail.append(block[:cut])
             yield from parser.feed(b"".join(tail))
-            tail = [block[cut:]]
+            tail = [block[cut + 1:]]
         yield from parser.feed(b"".join(tail))  # the last line, when it has no line end
     yield parser.end()
 

@@ -4,11 +4,13 @@ import gzip
 import re
 import tempfile
 from pathlib import Path
+from unittest import mock
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from megadna import genome
 from megadna.errors import InputError
 from megadna.genome import Contig, Window, WindowConfig, WindowStats, iter_windows, read_fasta, reverse_complement
 from megadna.synthetic import write_synthetic_fasta
@@ -355,6 +357,68 @@ def test_reader_raises_only_input_error_on_arbitrary_bytes(data, gzipped, cut):
             data = packed[:cut] if cut < len(packed) else packed  # truncated or whole
         path.write_bytes(data)
         _check_reader_on(path)
+
+
+def _outcome(path: Path, **kwargs) -> list:
+    """What read_fasta makes of a file: its records (name, bases, softmask), then the error message if any."""
+    out: list = []
+    try:
+        for c in read_fasta(path, **kwargs):
+            out.append((c.name, c.seq, None if c.softmask is None else c.softmask.tolist()))
+    except InputError as e:
+        out.append(str(e))
+    return out
+
+
+def _straddling_fasta() -> bytes:
+    """Records of 1 bp to 1 kbp, wrapped at 7, 60 and 80 bp or not at all; LF and CRLF; blank lines."""
+    bases = "ACGTNacgtnRYKMSWBDHV"
+    seqs = {f"rec{i} desc {i}": "".join(bases[(i * 7 + j * j) % len(bases)] for j in range(n))
+            for i, n in enumerate([1, 333, 1000, 250, 97, 61])}
+    out = []
+    for (header, seq), width, eol in zip(seqs.items(), [60, 60, 10**6, 7, 80, 60], ["\n", "\r\n"] * 3):
+        out.append(">" + header + eol + eol.join(seq[i:i + width] for i in range(0, len(seq), width)) + eol)
+        out.append("\n" if width == 7 else "")
+    return "".join(out).rstrip("\n").encode()  # and no line end after the last line
+
+
+@pytest.mark.parametrize("block", [1, 2, 3, 7, 64, 1000])
+def test_records_and_lines_straddling_read_blocks(tmp_path, monkeypatch, block):
+    # read_fasta reads _BLOCK_BYTES at a time: with small blocks every header, line, CRLF pair and record
+    # boundary is split between blocks somewhere, and must read as with one block for the whole file.
+    data = _straddling_fasta()
+    gz, plain = _write(tmp_path / "s.fa.gz", data), _write(tmp_path / "s.fa", data)
+    whole = _outcome(plain, keep_softmask=True)
+    monkeypatch.setattr(genome, "_BLOCK_BYTES", block)
+    assert _outcome(plain, keep_softmask=True) == _outcome(gz, keep_softmask=True) == whole
+    assert [(name, seq.decode()) for name, seq, _ in whole] == list(reference_fasta(gz).items())
+    # An error's line and column do not depend on where the blocks fall.
+    at = data.index(b"\n", data.index(b">rec3")) + 6  # in rec3's first 7-bp line
+    bad = _write(tmp_path / "bad.fa", data[:at] + b"U" + data[at:])
+    dup = _write(tmp_path / "dup.fa", data + b"\n>rec3\nACGT\n")
+    monkeypatch.setattr(genome, "_BLOCK_BYTES", 1 << 20)
+    expected = [_outcome(bad), _outcome(dup)]
+    monkeypatch.setattr(genome, "_BLOCK_BYTES", block)
+    assert [_outcome(bad), _outcome(dup)] == expected
+    assert re.search(r"line \d+, column \d+: 'U'", expected[0][-1]) and "duplicate" in expected[1][-1]
+
+
+def test_real_genome_in_small_blocks(shared_data, monkeypatch):
+    monkeypatch.setattr(genome, "_BLOCK_BYTES", 4099)  # ~300 blocks, records crossing them
+    path = shared_data / "genomes" / "A.thaliana.fa.gz"
+    assert {c.name: c.seq.decode() for c in read_fasta(path)} == reference(shared_data, "A.thaliana.fa.gz")
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=_ARBITRARY, block=st.integers(1, 9), keep_softmask=st.booleans())
+def test_block_size_never_changes_the_outcome(data, block, keep_softmask):
+    # Records, bases, softmask and error messages (line, column) are the same whatever the block size.
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "blocks.fa"
+        path.write_bytes(data)
+        whole = _outcome(path, keep_softmask=keep_softmask)
+        with mock.patch.object(genome, "_BLOCK_BYTES", block):
+            assert _outcome(path, keep_softmask=keep_softmask) == whole
 
 
 # ---------------------------------------------------------------- reverse complement

@@ -7,11 +7,11 @@ mode, with stand-ins for pdsh/ssh that start each "host" locally). The hostfile 
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -83,7 +83,7 @@ def _finish(procs: list[subprocess.Popen], logs: list[Path], timeout=420) -> lis
 
 
 # --------------------------------------------------------------------------------------------------
-# A real two-node job (node.sh), then its resume under SLURM (slurm.sbatch)
+# A real two-node job (node.sh), then a copy of it resumed under SLURM (slurm.sbatch)
 # --------------------------------------------------------------------------------------------------
 
 
@@ -99,7 +99,7 @@ def two_node_run(real_shards, tmp_path_factory):
     logs = [tmp / f"node{n}.log" for n in (0, 1)]
     procs = [_start([str(ROOT / "launchers" / "node.sh"), str(hostfile), str(n), "127.0.0.1", *_train_args(real_shards, save, STEPS)], env, logs[n])
              for n in (0, 1)]
-    return {"save": save, "out": _finish(procs, logs), "data": real_shards, "tmp": tmp}
+    return {"save": save, "out": _finish(procs, logs), "data": real_shards}
 
 
 @pytest.mark.slow
@@ -189,7 +189,8 @@ def test_slurm_job_resumes_the_two_node_run_and_saves_on_preemption(two_node_run
     here): the job resumes the two-node run from its checkpoint (--resume auto), then gets SLURM's
     SIGTERM on every process of the step, as before the time limit or on preemption. Both nodes stop
     after the same step, save it, and the job's log reads as one run."""
-    save = two_node_run["save"]
+    save = tmp_path / "run"
+    shutil.copytree(two_node_run["save"], save)  # leave the module's run as it was for the other tests
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     for name, text in (("scontrol", FAKE_SCONTROL), ("srun", FAKE_SRUN)):
