@@ -13,11 +13,12 @@ Anything wrong with the input raises `InputError` naming the file, the record an
 from __future__ import annotations
 
 import gzip
+import io
 import zlib
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -60,7 +61,7 @@ def reverse_complement(seq: str) -> str:
 
 
 @contextmanager
-def _open_fasta(path: Path, shown: str) -> Iterator[tuple[BinaryIO, bool]]:
+def _open_fasta(path: Path, shown: str) -> Iterator[tuple[io.BufferedIOBase, bool]]:
     """Open a plain or gzipped file (told by magic bytes): yield (binary reader, gzipped)."""
     try:
         raw = open(path, "rb")
@@ -80,7 +81,7 @@ def _open_fasta(path: Path, shown: str) -> Iterator[tuple[BinaryIO, bool]]:
             yield raw, False
             return
         with gzip.GzipFile(fileobj=raw, mode="rb") as fh:
-            yield fh, True  # type: ignore[misc]
+            yield fh, True
 
 
 def _bad_char_error(line: bytes, bad: bytes, shown: str, record: str, lineno: int) -> InputError:
@@ -119,7 +120,7 @@ class _FastaParser:
         while pos < n:
             gt = chunk.find(b">", pos)
             # Lines before the one holding the next '>' are all sequence (or blank, or junk).
-            end = n if gt < 0 else chunk.rfind(b"\n", pos, gt) + 1 or pos
+            end = n if gt < 0 else (chunk.rfind(b"\n", pos, gt) + 1 or pos)
             if end > pos:
                 line += chunk.count(b"\n", counted, pos)
                 counted = pos
@@ -167,6 +168,7 @@ class _FastaParser:
             if not bad or (not bad.translate(None, b"\r") and lines.count(b"\r") == lines.count(b"\r\n")):
                 self._add(lines.translate(None, b"\r\n") if self.keep_softmask else lines)
                 return
+        stripped = []
         for i, line in enumerate(lines.split(b"\n")):
             line = line.strip()
             if not line:
@@ -177,7 +179,8 @@ class _FastaParser:
             bad = line.translate(None, _VALID)
             if bad:
                 raise _bad_char_error(line, bad, self.shown, self.name, lineno + i)
-            self._add(line)
+            stripped.append(line)
+        self._add(b"".join(stripped))
 
     def _add(self, bases: bytes) -> None:
         """Add validated bases (line ends may remain when softmask is not kept; they are dropped here)."""
@@ -228,7 +231,7 @@ def read_fasta(path: str | Path, *, keep_softmask: bool = False, iupac_to_n: boo
                 continue
             tail.append(block[:cut])
             yield from parser.feed(b"".join(tail))
-            tail = [block[cut + 1:]]
+            tail = [block[cut:]]
         yield from parser.feed(b"".join(tail))  # the last line, when it has no line end
     yield parser.end()
 

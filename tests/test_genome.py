@@ -262,6 +262,7 @@ def test_softmask_fraction_of_windows(tmp_path):
         (b">\xff\xfeabc\nACGT\n", r"line 1\b.*not UTF-8"),
         (b">seq1\nACGT\nACGU\n", r"record 'seq1', line 3, column 4: 'U'"),
         (b">seq1\nAC GT\n", r"record 'seq1', line 2, column 3: byte 0x20"),
+        (b">seq1\r\nAC\rGT\r\n", r"record 'seq1', line 2, column 3: byte 0x0d"),  # CR only as CRLF
         (b"\x00\x01\x02\x03binary\xff", r"line 1\b"),
         (b"BZh91AY&SY", r"bzip2"),
     ],

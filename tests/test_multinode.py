@@ -369,6 +369,9 @@ with torch.no_grad():
 attempt("replicas_drift", lambda: distributed.check_replicas(model))
 attempt("shared_dir", lambda: distributed.check_shared_dir(Path(sys.argv[1]) / "shared", "--save_dir"))
 attempt("local_dir", lambda: distributed.check_shared_dir(Path(sys.argv[1]) / f"local{rank}", "--save_dir"))
+out["peer_lost"] = distributed.peer_failure(RuntimeError("[gloo/transport/tcp/pair.cc:553] Connection closed by peer [127.0.0.1]:4321. "
+                                                         "This is typically caused by a remote worker crashing."))
+out["not_peer"] = distributed.peer_failure(RuntimeError("CUDA out of memory"))
 
 # A group made after init (as DeepSpeed makes its data-parallel group) must honour the limit too:
 # rank 1 stays silent, as a frozen node would, and rank 0's collective gives up after 2 s.
@@ -411,6 +414,9 @@ def test_ranks_that_differ_are_named_on_every_rank(tmp_path):
         assert r["local_dir"][0] == "InputError" and "rank(s) 1 (node 1) do not see" in r["local_dir"][1]
     assert r0["replicas_equal"] == r1["replicas_equal"]
     assert r0["frozen_peer"][0] == "RuntimeError" and r0["frozen_peer"][1] < 6, r0["frozen_peer"]
+    assert r1["peer_lost"].startswith("rank 1 (node rank 1 of 2, host ") and "lost contact with another rank in a collective" in r1["peer_lost"]
+    assert "Connection closed by peer [127.0.0.1]:4321)" in r1["peer_lost"] and "--resume auto" in r1["peer_lost"]
+    assert r1["not_peer"] is None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -476,6 +482,18 @@ def test_unreachable_hosts_are_named_in_bounded_time(tmp_path):
     assert "2 of 2 host(s) unreachable" in msg
     assert "127.0.0.1 (" in msg and "line 1): TCP port" in msg
     assert "no-such-node.invalid (" in msg and "line 2)" in msg
+
+
+def test_host_without_passwordless_ssh_is_named(tmp_path, monkeypatch):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "ssh").write_text("#!/bin/bash\necho 'worker-1: Permission denied (publickey).' >&2\nexit 255\n")
+    (bin_dir / "ssh").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    path = tmp_path / "hosts"
+    path.write_text("worker-1 slots=8\n")
+    with pytest.raises(InputError, match=r"worker-1 \(.*hosts, line 1\): passwordless ssh failed: worker-1: Permission denied \(publickey\)\."):
+        check_reachable(path, parse_hostfile(path), timeout_s=2, ssh=True)
 
 
 def test_reachable_host_passes(tmp_path):
