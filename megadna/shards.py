@@ -109,22 +109,24 @@ def _ustar_template() -> bytes:
 
 
 _USTAR = _ustar_template()
-_CHKSUM_SPACES = sum(b" " * 8)
+# Only the name (bytes 0-100) and size (124-136) fields vary; they are zero in the template, so the
+# header checksum is the template's own (its checksum field counted as spaces) plus their bytes.
+_USTAR_SUM = sum(_USTAR) + sum(b" " * 8)
+_USTAR_MID, _USTAR_TAIL = _USTAR[100:124], _USTAR[136:148]
+_USTAR_END = _USTAR[156:]
 
 
 def tar_member(name: bytes, data: bytes) -> bytes:
     """One tar member (header + data + padding), the same ustar format tarfile and webdataset read.
 
     Python's tarfile builds each header field by field (~100 us a member); this fills a template
-    (~3 us), which is what lets sharding run at tens of Mbp/s per core (docs/BENCHMARKS.md).
+    (a few us), which is what lets sharding run at tens of Mbp/s per core (docs/BENCHMARKS.md).
     """
     if len(name) > 100:
         raise ValueError(f"tar member name longer than 100 bytes: {name[:40]!r}...")
-    h = bytearray(_USTAR)
-    h[: len(name)] = name
-    h[124:136] = b"%011o\x00" % len(data)
-    h[148:156] = b"%06o\x00 " % (sum(h) + _CHKSUM_SPACES)
-    return bytes(h) + data + bytes(-len(data) % 512)
+    size = b"%011o\x00" % len(data)
+    chksum = b"%06o\x00 " % (_USTAR_SUM + sum(name) + sum(size))
+    return name.ljust(100, b"\0") + _USTAR_MID + size + _USTAR_TAIL + chksum + _USTAR_END + data + bytes(-len(data) % 512)
 
 
 class _ShardSink:
