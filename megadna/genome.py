@@ -271,7 +271,7 @@ class WindowConfig:
         return d
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Window:
     """One window of a contig, on the + strand (reverse complement is applied at load time)."""
 

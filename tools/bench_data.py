@@ -4,15 +4,13 @@
     python tools/bench_data.py --fasta g.fa.gz --repeats 5 --json out.json
 
 Per-core figures are work per CPU-second of this (single-threaded) process, the median of the
-repeats. Sharding is also timed, interleaved in this process, with a prototype `tar_member`
-(`tar_member_fast` below: the same bytes, checked on every shard's sha256), and its time is split by
-stage so that a miss says where the time goes. Results: docs/BENCHMARKS.md.
+repeats. Sharding's time is also split by stage, so that a miss says where the time goes.
+Results: docs/BENCHMARKS.md.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import gzip
 import hashlib
 import json
@@ -23,62 +21,24 @@ import time
 from pathlib import Path
 
 from megadna import shards
-from megadna.bench import interleave, machine, markdown_table, median, median_ratio, timed, verdict
+from megadna.bench import interleave, machine, markdown_table, median, timed, verdict
 from megadna.genome import WindowConfig, iter_windows, read_fasta
 from megadna.paths import shared_data_dir
 from megadna.shards import ShardConfig, StreamConfig, WindowStream, _shuffled, _ShardSink, write_shards
 from megadna.tokenizers import get_tokenizer
 
-# --------------------------------------------------------------------------------------------------
-# Prototype: megadna.shards.tar_member with its checksum summed over the two fields that change
-# (name, size) instead of over the whole 512-byte header (`sum()` over a bytearray is a Python-level
-# loop: ~4 us a member, two members a window). Same bytes; checked here on every shard's sha256.
-# --------------------------------------------------------------------------------------------------
-
-_TEMPLATE_SUM = sum(shards._USTAR) + shards._CHKSUM_SPACES  # name, size and checksum fields are zero in it
-_T_MODE, _T_MTIME, _T_REST = shards._USTAR[100:124], shards._USTAR[136:148], shards._USTAR[156:]
-
-
-def tar_member_fast(name: bytes, data: bytes) -> bytes:
-    if len(name) > 100:
-        raise ValueError(f"tar member name longer than 100 bytes: {name[:40]!r}...")
-    size = b"%011o\x00" % len(data)
-    checksum = _TEMPLATE_SUM + sum(name) + sum(size)
-    return b"".join((name, bytes(100 - len(name)), _T_MODE, size, _T_MTIME, b"%06o\x00 " % checksum, _T_REST, data, bytes(-len(data) % 512)))
-
-
-@contextlib.contextmanager
-def _patched_tar_member():
-    original = shards.tar_member
-    shards.tar_member = tar_member_fast  # _ShardSink.write looks it up in the module
-    try:
-        yield
-    finally:
-        shards.tar_member = original
-
-
-# --------------------------------------------------------------------------------------------------
-# The benchmarks
-# --------------------------------------------------------------------------------------------------
-
-
 def bench_sharding(fasta: Path, tmp: Path, repeats: int) -> dict:
-    """write_shards as it is vs with tar_member_fast, interleaved; then write_shards' time by stage."""
+    """write_shards end to end (CPU and wall), then its time split by stage."""
     wcfg = WindowConfig(window=510, stride=510)
     bp = sum(len(c) for c in read_fasta(fasta))
     n = {"runs": 0}
 
-    def run(fast: bool):
-        def go():
-            n["runs"] += 1
-            with _patched_tar_member() if fast else contextlib.nullcontext():
-                write_shards([fasta], tmp / f"run{n['runs']}", wcfg)
-            return bp
-        return go
+    def run():
+        n["runs"] += 1
+        write_shards([fasta], tmp / f"run{n['runs']}", wcfg)
+        return bp
 
-    t = interleave({"ours": run(False), "fast_checksum": run(True)}, repeats)
-    manifests = [json.loads((tmp / f"run{i}" / "manifest.json").read_text())["splits"] for i in (1, 2)]
-    same = manifests[0] == manifests[1]  # run1: as is, run2: tar_member_fast (every shard's sha256)
+    t = [timed(run) for _ in range(repeats)]
 
     # Where write_shards' time goes: each stage timed alone (CPU s of this process), medians.
     def cpu(fn):
@@ -111,13 +71,10 @@ def bench_sharding(fasta: Path, tmp: Path, repeats: int) -> dict:
     return {
         "bp": bp,
         "windows": len(windows),
-        "mbp_per_cpu_s": {k: median(x.per_cpu_s for x in v) / 1e6 for k, v in t.items()},
-        "mbp_per_wall_s": {k: median(x.per_wall_s for x in v) / 1e6 for k, v in t.items()},
-        "speedup_vs_ours": {k: median_ratio(v, t["ours"], cpu=True) for k, v in t.items()},
-        "fast_bytes_identical": same,
-        "ours_cpu_s": median(x.cpu_s for x in t["ours"]),
+        "mbp_per_cpu_s": median(x.per_cpu_s for x in t) / 1e6,
+        "mbp_per_wall_s": median(x.per_wall_s for x in t) / 1e6,
+        "cpu_s": median(x.cpu_s for x in t),
         "stages_cpu_s": stages,
-        "tar_member_fast_cpu_s": cpu(lambda: sum(len(tar_member_fast(a, b)) for a, b in members)),
         "gzip_levels": levels,
         "tar_bytes_per_bp": len(raw) / len(windows) / 510,
     }
@@ -192,21 +149,17 @@ def main(argv=None):
         shutil.rmtree(tmp, ignore_errors=True)
     results = {"machine": info, "fasta": str(args.fasta), "sharding": shard, "bytes_per_bp": size, "tokenize": tokenize, "loader": loader, "seconds": time.perf_counter() - t0}
 
-    mbp, speed = shard["mbp_per_cpu_s"], shard["speedup_vs_ours"]
     rows = [
-        {"benchmark": "1. sharding FASTA.gz -> .tar.gz (510/510), write_shards", "figure": f"{mbp['ours']:.2f} Mbp/s per core ({shard['mbp_per_wall_s']['ours']:.2f} wall)", "target": ">= 20", "met?": verdict(mbp["ours"], 20)},
-        {"benchmark": "1b. same, tar_member with an incremental checksum (prototype)", "figure": f"{mbp['fast_checksum']:.2f} Mbp/s per core ({speed['fast_checksum']:.2f}x)", "target": ">= 20", "met?": verdict(mbp["fast_checksum"], 20)},
+        {"benchmark": "1. sharding FASTA.gz -> .tar.gz (510/510), write_shards", "figure": f"{shard['mbp_per_cpu_s']:.2f} Mbp/s per core ({shard['mbp_per_wall_s']:.2f} wall)", "target": ">= 20", "met?": verdict(shard["mbp_per_cpu_s"], 20)},
         *({"benchmark": f"2. shard bytes per bp, {w}-bp windows", "figure": f"{s['bytes_per_bp']:.3f}", "target": "<= 1.3", "met?": verdict(s["bytes_per_bp"], 1.3, higher_is_better=False)} for w, s in size.items()),
         {"benchmark": f"3. kmer6 encode_batch, {tokenize['batch']} x 510 bp (bytes / str)", "figure": f"{tokenize['mtok_per_cpu_s_bytes']:.0f} / {tokenize['mtok_per_cpu_s_str']:.0f} M tok/s per core", "target": ">= 20 M", "met?": verdict(min(tokenize["mtok_per_cpu_s_bytes"], tokenize["mtok_per_cpu_s_str"]), 20)},
         {"benchmark": f"4. WindowStream -> tokenized batches (micro batch {loader['micro_batch']}, RC 0.5 / 0)", "figure": f"{loader['rc0.5']:.2f} / {loader['rc0.0']:.2f} M tok/s per worker", "target": ">= 2 M", "met?": verdict(min(loader["rc0.5"], loader["rc0.0"]), 2)},
     ]
     print(json.dumps(info))
     print(markdown_table(rows))
-    print(f"\nshards with tar_member_fast byte-identical to write_shards' (sha256 of every shard): {shard['fast_bytes_identical']}")
     total = sum(shard["stages_cpu_s"].values())
-    print("\nwrite_shards, CPU s by stage (each timed alone; %.2f s in all vs %.2f s end to end):" % (total, shard["ours_cpu_s"]))
+    print("\nwrite_shards, CPU s by stage (each timed alone; %.2f s in all vs %.2f s end to end):" % (total, shard["cpu_s"]))
     print(markdown_table([{"stage": k, "CPU s": f"{v:.3f}", "share": f"{v / total:.0%}", "Mbp/s if alone": f"{shard['bp'] / v / 1e6:.0f}" if v > 0 else "-"} for k, v in shard["stages_cpu_s"].items()]))
-    print(f"tar_member_fast for the same members: {shard['tar_member_fast_cpu_s']:.3f} CPU s")
     print("gzip levels: " + ", ".join(f"level {k}: {v['cpu_s']:.3f} CPU s, {v['bytes_per_bp']:.3f} bytes/bp" for k, v in shard["gzip_levels"].items()) + f"; uncompressed tar {shard['tar_bytes_per_bp']:.2f} bytes/bp")
     print(f"loader reading shards only (no tokenizer, no RC): {loader['read_only_windows_per_cpu_s'] * 505 / 1e6:.1f} M tok/s-equivalent; total {time.perf_counter() - t0:.0f} s")
     if args.json:
