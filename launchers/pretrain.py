@@ -8,13 +8,15 @@ One node, all its GPUs, real shards:
         --max_steps 200000 --save_dir runs/hg38-kmer6
 Several nodes: see launchers/multinode.sh, launchers/slurm.sbatch and docs/MULTINODE.md.
 
-Exit codes: 0 done (or preempted and saved), 2 bad input (message names the place), 3 non-finite loss.
+Exit codes: 0 done (or preempted and saved), 2 bad input (message names the place), 3 non-finite loss,
+4 lost contact with another rank (a node died or froze: the message says which and what to check).
 """
 
 import argparse
 import sys
 from pathlib import Path
 
+from megadna import distributed
 from megadna.cli.common import entry_point
 from megadna.train import NonFiniteLoss, add_arguments, config_from_args, train
 
@@ -35,6 +37,12 @@ def main(argv=None):
     except NonFiniteLoss as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(3)
+    except (RuntimeError, OSError) as e:
+        explanation = distributed.peer_failure(e)
+        if explanation is None:
+            raise
+        print(f"error: {explanation}", file=sys.stderr)
+        sys.exit(4)
 
 
 if __name__ == "__main__":

@@ -317,7 +317,7 @@ def peer_failure(exc: BaseException) -> str | None:
     network), else None. For the entry point: print it instead of a torch/gloo traceback."""
     if not isinstance(exc, (RuntimeError, OSError)) or not torch.distributed.is_initialized():
         return None
-    first = (str(exc).strip().splitlines() or [""])[0].split(" This is typically")[0]  # gloo's boilerplate
+    first = (str(exc).strip().splitlines() or [""])[0].split(" This is typically")[0].rstrip(". ")  # gloo's boilerplate
     if not any(sign in first or sign in type(exc).__name__ for sign in _PEER_LOST):
         return None
     lay = _layout()

@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from megadna import checkpoint as ckpt
+from megadna import distributed
 from megadna.errors import InputError
 from megadna.masking import MaskingConfig, apply_masking
 from megadna.metrics import Meter, format_eta, peak_flops
@@ -190,11 +191,12 @@ def train(cfg: TrainConfig, ds_config_path: str, local_rank: int = -1) -> dict:
     """Run (or resume) pre-training. Returns a summary dict (final step, last losses, eval)."""
     import deepspeed
 
-    deepspeed.init_distributed()
+    distributed.init()  # deepspeed.init_distributed with a bounded rendezvous and collective timeout
     dist = torch.distributed
     rank, world = dist.get_rank(), dist.get_world_size()
     accel = deepspeed.get_accelerator()
     save_dir = Path(cfg.save_dir)
+    distributed.check_shared_dir(save_dir, "--save_dir")
     ckpt_root = save_dir / "checkpoints"
     torch.manual_seed(cfg.seed)  # model init: identical on every rank
 
@@ -206,6 +208,7 @@ def train(cfg: TrainConfig, ds_config_path: str, local_rank: int = -1) -> dict:
     resume_meta = ckpt.read_meta(resume_dir) if resume_dir else None
     data_dir = Path(cfg.data) if cfg.data else demo_data(save_dir, rank)
     manifest = read_manifest(data_dir)
+    distributed.check_consistent(manifest, "data manifest", hint=f"{data_dir} differs between nodes: give every node the same shards (tools/make_shards.py --verify)")
     # On resume the tokenizer comes from the checkpoint (a BPE directory may have moved since).
     tokenizer = load_tokenizer(resume_dir / "tokenizer") if resume_dir else get_tokenizer(cfg.tokenizer)
     mcfg = model_config(cfg.model, vocab_size=tokenizer.vocab_size)
@@ -214,6 +217,11 @@ def train(cfg: TrainConfig, ds_config_path: str, local_rank: int = -1) -> dict:
     # A span of m tokens hides m - k + 1 bases only for overlapping k-mers; other tokenizers span from 1.
     span_k = tokenizer.k if tokenizer.overlapping else 1
 
+    distributed.check_consistent(
+        {"train": dataclasses.asdict(cfg), "deepspeed": ds_cfg, "tokenizer": tokenizer.to_dict() | {"vocab": tokenizer.vocab}, "model": mcfg.to_dict(),
+         "max_tokens": max_tokens, "world_size": world, "resume": resume_meta},
+        "resolved config", hint="launch every node with the same arguments, DeepSpeed config, tokenizer and --save_dir",
+    )
     model = BertForMLM(mcfg)
     engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=[p for p in model.parameters() if p.requires_grad], config=ds_cfg)
     device = engine.device
@@ -315,6 +323,7 @@ def train(cfg: TrainConfig, ds_config_path: str, local_rank: int = -1) -> dict:
         if not summary.get("preempted") and step == cfg.max_steps:
             summary["eval"] = evaluate(engine, data_dir, tokenizer, max_tokens, masking, span_k, cfg, micro, rank, world, step, tb)
     finally:
+        del loader  # its worker processes ignore SIGTERM: shut them down here, not at interpreter exit (where it would hang)
         preempt.restore()
         if bar is not None:
             bar.close()
@@ -336,7 +345,7 @@ def _check_resumable(meta: dict, world: int, cfg: TrainConfig, micro: int, accum
         detail = ", ".join(f"{k}: checkpoint {a}, now {b}" for k, (a, b) in diff.items())
         raise InputError(
             f"{resume_dir}: cannot resume exactly ({detail}). Resume with the same settings, or start a new run "
-            f"from these weights (tools/export_hf.py) with --resume none. See docs/MULTINODE.md on changing the world size."
+            f"(--resume none, a new --save_dir). See docs/MULTINODE.md on changing the world size."
         )
 
 
@@ -344,13 +353,14 @@ def save(engine, ckpt_root: Path, step: int, batches_consumed: int, resolved: di
     """Every rank writes its part through DeepSpeed; rank 0 marks the checkpoint complete last."""
     tag = ckpt.tag_for(step)
     client = {"global_step": step, "batches_consumed": batches_consumed}
+    weights = distributed.check_replicas(engine.module)  # every rank holds the same weights, or stop before saving
     engine.save_checkpoint(str(ckpt_root), tag=tag, client_state=client)
     d = ckpt_root / tag
     torch.distributed.barrier()  # every rank's shard of the state is on disk before the marker
     if rank == 0:
         tokenizer.save(d / "tokenizer")
         (d / "config.json").write_text(json.dumps(resolved, indent=1))
-        ckpt.write_meta(d, {"global_step": step, "batches_consumed": batches_consumed, "world_size": world, "num_workers": cfg.num_workers, "micro_batch": resolved["deepspeed"]["train_micro_batch_size_per_gpu"], "seed": cfg.seed, "tokenizer": tokenizer.to_dict(), "model": resolved["model"]})
+        ckpt.write_meta(d, {"global_step": step, "batches_consumed": batches_consumed, "world_size": world, "num_workers": cfg.num_workers, "micro_batch": resolved["deepspeed"]["train_micro_batch_size_per_gpu"], "seed": cfg.seed, "tokenizer": tokenizer.to_dict(), "model": resolved["model"], "weights_sha256": weights})
         ckpt.prune(ckpt_root, cfg.keep_last)
     torch.distributed.barrier()
     return d
