@@ -22,6 +22,7 @@ import shutil
 from pathlib import Path
 
 from megadna.errors import InputError
+from megadna.jsonfile import read_versioned_json
 
 META = "megadna.json"
 FORMAT = "megadna-checkpoint/1"
@@ -42,13 +43,7 @@ def read_meta(ckpt_dir: Path) -> dict:
     path = Path(ckpt_dir) / META
     if not path.is_file():
         raise InputError(f"{ckpt_dir}: no {META}; this checkpoint was never completed (an interrupted save?)")
-    try:
-        meta = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise InputError(f"{path}: not valid JSON (line {e.lineno}): {e.msg}") from None
-    if meta.get("format") != FORMAT:
-        raise InputError(f"{path}: format {meta.get('format')!r}, expected {FORMAT!r}")
-    return meta
+    return read_versioned_json(path, FORMAT)
 
 
 def complete_checkpoints(root: Path) -> list[tuple[int, Path]]:

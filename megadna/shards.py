@@ -35,6 +35,7 @@ import numpy as np
 
 from megadna import __version__
 from megadna.errors import InputError
+from megadna.jsonfile import read_versioned_json
 from megadna.genome import Window, WindowConfig, WindowStats, iter_windows, reverse_complement
 
 log = logging.getLogger(__name__)
@@ -279,13 +280,7 @@ def read_manifest(shard_dir: str | Path) -> dict:
     if not path.is_file():
         hint = " (shards without a manifest are an unfinished write: run tools/make_shards.py again)" if any(d.glob("*/shard-*")) else ""
         raise InputError(f"{d}: no {MANIFEST}; not a megadna shard directory{hint}")
-    try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise InputError(f"{path}: not valid JSON (line {e.lineno}): {e.msg}") from None
-    if manifest.get("format") != FORMAT:
-        raise InputError(f"{path}: format {manifest.get('format')!r}, expected {FORMAT!r}")
-    return manifest
+    return read_versioned_json(path, FORMAT)
 
 
 def verify_shards(shard_dir: str | Path) -> list[str]:
