@@ -111,7 +111,8 @@ def load_ds_config(path: str, max_steps: int, world_size: int) -> dict:
         params["total_num_steps"] = max_steps
     if params.get("warmup_num_steps") == "auto":
         params["warmup_num_steps"] = max(1, round(0.05 * max_steps))
-    cfg.pop("train_batch_size", None) if cfg.get("train_batch_size") == "auto" else None
+    if cfg.get("train_batch_size") == "auto":
+        del cfg["train_batch_size"]  # DeepSpeed derives it from micro batch x accumulation x world size
     return cfg
 
 
@@ -187,7 +188,7 @@ class _Preemption:
             signal.signal(sig, h)
 
 
-def train(cfg: TrainConfig, ds_config_path: str, local_rank: int = -1) -> dict:
+def train(cfg: TrainConfig, ds_config_path: str) -> dict:
     """Run (or resume) pre-training. Returns a summary dict (final step, last losses, eval)."""
     import deepspeed
 
@@ -278,7 +279,9 @@ def train(cfg: TrainConfig, ds_config_path: str, local_rank: int = -1) -> dict:
                 batch = next(loader)
                 meter.data_wait += time.perf_counter() - t0
                 ids = batch["input_ids"].to(device, non_blocking=True)
-                attn = batch["attention_mask"].to(device, non_blocking=True)
+                # Decided on the host copy, for free: no mask means SDPA's flash path and no device sync
+                # in the model to find out (genome windows of a k-mer tokenizer are never padded).
+                attn = None if batch["attention_mask"].all() else batch["attention_mask"].to(device, non_blocking=True)
                 masked, labels, mstats = apply_masking(
                     ids, cfg=masking, k=span_k, global_step=step, seed=cfg.seed, rank=rank, micro_step=micro_step,
                     total_steps=cfg.max_steps, vocab_size=tokenizer.vocab_size,
@@ -290,7 +293,7 @@ def train(cfg: TrainConfig, ds_config_path: str, local_rank: int = -1) -> dict:
                 stats[2] += out["n_correct"]
                 stats[3] += mstats["mask_ratio"]
                 boundary = mstats["mask_boundary"]
-                meter.tokens += int(attn.numel())  # padded positions are computed, so they count
+                meter.tokens += ids.numel()  # padded positions are computed, so they count
                 if micro_step == accum - 1:
                     # One collective per step carries the logged figures and the stop flags, so every
                     # rank takes the same decision (a rank that stopped alone would hang the others).
