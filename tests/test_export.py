@@ -88,12 +88,8 @@ def exported(zero_run, tmp_path_factory):
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    # A tiny model gains nothing from threads, and on a shared 2-core machine two threads spin.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+def _one_thread(one_torch_thread):
+    pass
 
 
 def test_load_pretrained_rebuilds_fp32_master_weights_from_zero(zero_run):

@@ -21,12 +21,8 @@ SEEDS = [42, 43]
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    # A tiny model gains nothing from threads, and on a shared 2-core machine two threads spin.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+def _one_thread(one_torch_thread):
+    pass
 
 
 def _quick(**overrides) -> GUEConfig:
