@@ -14,7 +14,6 @@ import dataclasses
 import json
 import logging
 import math
-import os
 import signal
 import sys
 import time
@@ -91,7 +90,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 # --------------------------------------------------------------------------------------------------
 
 
-def load_ds_config(path: str, max_steps: int, world_size: int) -> dict:
+def load_ds_config(path: str, max_steps: int) -> dict:
     """Read the DeepSpeed JSON and resolve the two "auto" schedule lengths from --max_steps.
 
     Only the scheduler's total_num_steps (-> max_steps) and warmup_num_steps (-> 5% of max_steps) may be
@@ -201,7 +200,7 @@ def train(cfg: TrainConfig, ds_config_path: str) -> dict:
     ckpt_root = save_dir / "checkpoints"
     torch.manual_seed(cfg.seed)  # model init: identical on every rank
 
-    ds_cfg = load_ds_config(ds_config_path, cfg.max_steps, world)
+    ds_cfg = load_ds_config(ds_config_path, cfg.max_steps)
     micro = int(ds_cfg["train_micro_batch_size_per_gpu"])
     accum = int(ds_cfg.get("gradient_accumulation_steps", 1))
 
@@ -251,6 +250,10 @@ def train(cfg: TrainConfig, ds_config_path: str) -> dict:
         "max_tokens": max_tokens,
         "data_manifest": {k: manifest[k] for k in ("window_config", "totals")},
     }
+    # The held-out stream is built once; each evaluation restarts it at its first batch.
+    val_stream = None
+    if manifest["splits"]["val"]["shards"]:
+        val_stream = WindowStream(data_dir, StreamConfig(split="val", micro_batch=micro, num_workers=0, seed=cfg.seed, shuffle=False), rank=rank, world_size=world, tokenizer=tokenizer, max_tokens=max_tokens)
     is_main = rank == 0
     if is_main:
         save_dir.mkdir(parents=True, exist_ok=True)
@@ -267,7 +270,6 @@ def train(cfg: TrainConfig, ds_config_path: str) -> dict:
     preempt = _Preemption()
     loader = iter(make_loader(stream, pin_memory=device.type == "cuda"))
     meter, history, summary = Meter(), [], {"start_step": step}
-    t_run = time.perf_counter()
     try:
         end_step = min(cfg.max_steps, cfg.stop_at_step) if cfg.stop_at_step else cfg.max_steps
         while step < end_step:
@@ -278,10 +280,7 @@ def train(cfg: TrainConfig, ds_config_path: str) -> dict:
                 t0 = time.perf_counter()
                 batch = next(loader)
                 meter.data_wait += time.perf_counter() - t0
-                ids = batch["input_ids"].to(device, non_blocking=True)
-                # Decided on the host copy, for free: no mask means SDPA's flash path and no device sync
-                # in the model to find out (genome windows of a k-mer tokenizer are never padded).
-                attn = None if batch["attention_mask"].all() else batch["attention_mask"].to(device, non_blocking=True)
+                ids, attn = _to_device(batch, device)
                 masked, labels, mstats = apply_masking(
                     ids, cfg=masking, k=span_k, global_step=step, seed=cfg.seed, rank=rank, micro_step=micro_step,
                     total_steps=cfg.max_steps, vocab_size=tokenizer.vocab_size,
@@ -313,9 +312,9 @@ def train(cfg: TrainConfig, ds_config_path: str) -> dict:
                 if bar is not None:
                     bar.update(1)
             if step % cfg.log_interval == 0 or step == cfg.max_steps:
-                _log_step(engine, stats, meter.window(), loss, boundary, step, cfg, accum, world, flops_per_token, peak, tb, bar, batches_consumed, t_run, summary)
+                _log_step(engine, stats, meter.window(), loss, boundary, step, cfg, accum, world, flops_per_token, peak, tb, bar, batches_consumed, summary)
             if cfg.eval_interval and step % cfg.eval_interval == 0 and step < cfg.max_steps:
-                summary["eval"] = evaluate(engine, data_dir, tokenizer, max_tokens, masking, span_k, cfg, micro, rank, world, step, tb)
+                summary["eval"] = evaluate(engine, val_stream, tokenizer, masking, span_k, cfg, rank, step, tb)
             if stats[4].item() > 0:
                 log.warning("preemption signal: saving at global_step %d and exiting", step)
                 save(engine, ckpt_root, step, batches_consumed, resolved, tokenizer, world, cfg, rank)
@@ -324,7 +323,7 @@ def train(cfg: TrainConfig, ds_config_path: str) -> dict:
             if step % cfg.save_interval == 0 or step == end_step:
                 save(engine, ckpt_root, step, batches_consumed, resolved, tokenizer, world, cfg, rank)
         if not summary.get("preempted") and step == cfg.max_steps:
-            summary["eval"] = evaluate(engine, data_dir, tokenizer, max_tokens, masking, span_k, cfg, micro, rank, world, step, tb)
+            summary["eval"] = evaluate(engine, val_stream, tokenizer, masking, span_k, cfg, rank, step, tb)
     finally:
         del loader  # its worker processes ignore SIGTERM: shut them down here, not at interpreter exit (where it would hang)
         preempt.restore()
@@ -370,21 +369,28 @@ def save(engine, ckpt_root: Path, step: int, batches_consumed: int, resolved: di
 
 
 @torch.no_grad()
-def evaluate(engine, data_dir, tokenizer, max_tokens, masking, span_k, cfg, micro, rank, world, step, tb) -> dict:
+def _to_device(batch: dict, device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Token ids and attention mask on the device. The mask is dropped when nothing is padded, decided
+    on the host copy for free: no mask keeps SDPA's flash path and spares the model a device sync to find
+    out (genome windows of a k-mer tokenizer are never padded)."""
+    ids = batch["input_ids"].to(device, non_blocking=True)
+    attn = None if batch["attention_mask"].all() else batch["attention_mask"].to(device, non_blocking=True)
+    return ids, attn
+
+
+def evaluate(engine, stream: WindowStream | None, tokenizer, masking, span_k, cfg, rank, step, tb) -> dict:
     """MLM loss and accuracy on the held-out shards. The mask is drawn as at global_step 0 with a fixed
     seed, so evaluations along a run (and across runs) score the same masked positions."""
-    if not read_manifest(data_dir)["splits"]["val"]["shards"]:
+    if stream is None:
         return {}
-    stream = WindowStream(data_dir, StreamConfig(split="val", micro_batch=micro, num_workers=0, seed=cfg.seed, shuffle=False), rank=rank, world_size=world, tokenizer=tokenizer, max_tokens=max_tokens)
     n = min(cfg.eval_batches, stream.plan.batches_per_rank)
     engine.eval()
     stats = torch.zeros(3, device=engine.device)
     batches = stream.batches(0, 0)
     for i in range(n):
-        batch = next(batches)
-        ids = batch["input_ids"].to(engine.device)
+        ids, attn = _to_device(next(batches), engine.device)
         masked, labels, _ = apply_masking(ids, cfg=masking, k=span_k, global_step=0, seed=cfg.seed + 7919, rank=rank, micro_step=i, total_steps=cfg.max_steps, vocab_size=tokenizer.vocab_size)
-        out = engine(masked, attention_mask=batch["attention_mask"].to(engine.device), labels=labels)
+        out = engine(masked, attention_mask=attn, labels=labels)
         stats += torch.stack([out["loss"].float() * out["n_masked"], out["n_masked"].float(), out["n_correct"].float()])
     engine.train()
     torch.distributed.all_reduce(stats)
@@ -397,7 +403,7 @@ def evaluate(engine, data_dir, tokenizer, max_tokens, masking, span_k, cfg, micr
     return result
 
 
-def _log_step(engine, stats, window, loss, boundary, step, cfg, accum, world, flops_per_token, peak, tb, bar, batches_consumed, t_run, summary):
+def _log_step(engine, stats, window, loss, boundary, step, cfg, accum, world, flops_per_token, peak, tb, bar, batches_consumed, summary):
     tokens_per_s = window["tokens_per_s"] * world
     mfu = tokens_per_s * flops_per_token / (peak * world) if peak else None
     acc = (stats[2] / stats[1].clamp(min=1)).item()

@@ -1,8 +1,6 @@
 """Shards: what is written equals the genome, the manifest tells the truth, and the reader splits,
 orders and resumes exactly."""
 
-import gzip
-import json
 import logging
 
 import pytest

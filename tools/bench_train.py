@@ -226,7 +226,7 @@ def bench_loop(args) -> dict:
     fasta = args.fasta or (shared_data_dir() or Path(".")) / "genomes" / "GCF_000005845.2_ASM584v2_genomic.fna.gz"
     shards = _make_shards(fasta, tmp / "shards")
     warm, total = args.loop_warmup, args.loop_warmup + args.loop_steps
-    ds_cfg = load_ds_config(ds_path, total, 1)
+    ds_cfg = load_ds_config(ds_path, total)
     micro = ds_cfg["train_micro_batch_size_per_gpu"]
     opt_params = ds_cfg["optimizer"]["params"]
     clip = ds_cfg.get("gradient_clipping", 0.0)
