@@ -19,19 +19,19 @@ deepspeed --num_gpus 2 launchers/pretrain.py --deepspeed_config "$DS_CONFIG" \
   --save_dir "$OUT/pretrain" --model tiny --tokenizer kmer6 --masking randommask \
   --max_steps 300 --save_interval 100 --eval_interval 100 --log_interval 25 --progress false
 python - "$OUT/pretrain" <<'PY'
-import json, sys
-run = sys.argv[1]
-losses = [json.loads(line)["loss"] for line in open(f"{run}/metrics.jsonl")]
+import sys
+from megadna.rundir import RunDir
+run = RunDir(sys.argv[1])
+losses = [r["loss"] for r in run.read_metrics()]
 k = max(1, len(losses) // 10)
 print(f"pre-training loss: first {k} steps {sum(losses[:k]) / k:.3f} -> last {k} steps {sum(losses[-k:]) / k:.3f}")
-print(f"held-out eval: {json.load(open(f'{run}/summary.json')).get('eval')}")
+print(f"held-out eval: {run.read_summary().get('eval')}")
 PY
-
 echo "== 2/3 export to Hugging Face format"
 python tools/export_hf.py "$OUT/pretrain" "$OUT/hf_export" --overwrite
 
 echo "== 3/3 GUE-style evaluation on the built-in demo task (planted motifs), pre-trained vs random init"
-python -c "from megadna.synthetic import write_demo_gue; write_demo_gue('$OUT/demo_gue', seed=0)"
+python -c "from megadna.data.synthetic import write_demo_gue; write_demo_gue('$OUT/demo_gue', seed=0)"
 # A tiny model barely moves at the GUE recipe's lr of 3e-5; the demo uses a larger one.
 GUE_ARGS=(--gue_dir "$OUT/demo_gue" --datasets demo/motif --seeds 42,43 --lr 1e-3 --warmup_steps 10 --epochs 3 --eval_steps 50 --progress false)
 python launchers/finetune_gue.py "${GUE_ARGS[@]}" --model "$OUT/hf_export" --output_dir "$OUT/gue_pretrained"

@@ -8,7 +8,7 @@
 # the job id).
 export MASTER_PORT=${MASTER_PORT:-29500}
 # Seconds the rendezvous waits for every node, and any collective waits for a peer, before the job
-# ends with an error naming what is missing (megadna.distributed). Must exceed the longest legitimate
+# ends with an error naming what is missing (megadna.train.distributed). Must exceed the longest legitimate
 # wait of one rank for another: a checkpoint save, an evaluation, the first step.
 export MEGADNA_DIST_TIMEOUT_S=${MEGADNA_DIST_TIMEOUT_S:-600}
 

@@ -1,5 +1,5 @@
-"""GUE fine-tuning and evaluation. See `python launchers/finetune_gue.py --help`; logic in megadna.gue."""
+"""GUE fine-tuning and evaluation. See `python launchers/finetune_gue.py --help`; logic in megadna.eval.gue."""
 from megadna.cli.finetune_gue import main
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

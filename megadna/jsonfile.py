@@ -1,20 +1,76 @@
-"""Reading megadna's own JSON records (shard manifests, checkpoint markers): plain JSON, never pickle."""
+"""The one owner of megadna's JSON files (and other small text records): atomic writes, checked reads.
+
+Every record megadna writes (shard manifests, checkpoint markers, run configs and summaries, GUE
+markers and results, export metadata) goes through `write_json` / `write_text`: a temp file beside the
+target, then `os.replace`, so a reader never sees half a file and a crash never destroys the previous
+version. Every record it reads goes through `read_json`: plain JSON, never pickle, and a malformed file
+is an `InputError` naming the file and line. `read_json_or_none` is for optional records (restart
+markers) where "missing or unreadable" means "start again".
+"""
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from megadna.errors import InputError
 
 
-def read_versioned_json(path: Path, fmt: str) -> dict:
-    """The JSON object in `path`, whose "format" field must be `fmt`; a clear error naming the file otherwise."""
+def write_text(path: str | Path, text: str) -> Path:
+    """Write `text` to `path` atomically (temp file + rename in the same directory)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+    return path
+
+
+def write_json(path: str | Path, obj, indent: int = 1) -> Path:
+    """Write `obj` as JSON (trailing newline) atomically."""
+    return write_text(path, json.dumps(obj, indent=indent) + "\n")
+
+
+def read_json(path: str | Path, what: str = "JSON file"):
+    """The parsed JSON in `path`; a missing or malformed file is an InputError naming it."""
+    path = Path(path)
     try:
-        obj = json.loads(Path(path).read_text())
+        text = path.read_text()
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such {what}") from None
+    except UnicodeDecodeError as e:
+        raise InputError(f"{path}: not UTF-8 text (byte {e.start}); is this a {what}?") from None
+    try:
+        return json.loads(text)
     except json.JSONDecodeError as e:
-        raise InputError(f"{path}: not valid JSON (line {e.lineno}): {e.msg}") from None
+        raise InputError(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}): {e.msg}") from None
+
+
+def read_json_or_none(path: str | Path):
+    """The parsed JSON in `path`, or None when it is missing or unreadable (optional records only)."""
+    try:
+        return read_json(path)
+    except InputError:
+        return None
+
+
+def read_versioned_json(path: str | Path, fmt: str) -> dict:
+    """The JSON object in `path`, whose "format" field must be `fmt`; a clear error naming the file otherwise."""
+    obj = read_json(path)
     if not isinstance(obj, dict) or obj.get("format") != fmt:
         found = obj.get("format") if isinstance(obj, dict) else type(obj).__name__
         raise InputError(f"{path}: format {found!r}, expected {fmt!r}")
     return obj
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    """One JSON object per line (blank lines skipped); a malformed line is an InputError naming it."""
+    out = []
+    for lineno, line in enumerate(Path(path).read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            raise InputError(f"{path}, line {lineno}: not valid JSON: {e.msg}") from None
+    return out

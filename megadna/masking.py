@@ -56,16 +56,9 @@ from dataclasses import asdict, dataclass
 import torch
 
 from megadna.errors import InputError
+from megadna.tokenizers.base import CLS_ID, IGNORE_INDEX, MASK_ID, N_SPECIAL, SEP_ID
 
-# Tokenizer conventions (megadna.tokenizers.base): every id below N_SPECIAL is special.
-PAD_ID = 0
-CLS_ID = 2
-SEP_ID = 3
-MASK_ID = 4
-N_SPECIAL = 5
-IGNORE_INDEX = -100  # label of a position that is not predicted
-
-POLICIES = ("bert", "dnabert", "randommask")
+POLICIES = ("bert", "dnabert", "randommask")  # the one list of masking policies; configs and CLIs read it
 
 
 @dataclass

@@ -53,8 +53,8 @@ def shared_data():
 def real_shards(shared_data, tmp_path_factory):
     """Shards of the real C. elegans + D. melanogaster excerpts (510-bp windows), shared by the
     training, multi-node and ablation tests."""
-    from megadna.genome import WindowConfig
-    from megadna.shards import ShardConfig, write_shards
+    from megadna.data.genome import WindowConfig
+    from megadna.data.shard_writer import ShardConfig, write_shards
 
     out = tmp_path_factory.mktemp("real_shards") / "shards"
     fastas = [shared_data / "genomes" / "C.elegans.fa.gz", shared_data / "genomes" / "D.melanogaster.fa.gz"]

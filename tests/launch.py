@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import subprocess
 import sys
 from pathlib import Path
+
+from megadna.rundir import RunDir
 
 ROOT = Path(__file__).resolve().parents[1]
 DEEPSPEED = str(Path(sys.executable).parent / "deepspeed")
@@ -35,7 +36,7 @@ def run(cmd, timeout=600) -> subprocess.CompletedProcess:
 
 
 def losses(save_dir: Path) -> list[float]:
-    return [json.loads(line)["loss"] for line in (Path(save_dir) / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    return [r["loss"] for r in RunDir(save_dir).read_metrics()]
 
 
 def fp32_params(ckpt_dir: Path) -> dict:

@@ -3,6 +3,7 @@ through the real launcher, GUE on one real dataset) whose second invocation skip
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 
@@ -10,9 +11,13 @@ import numpy as np
 import pytest
 import torch
 
-from megadna.ablation import AblationConfig, Arm, convergence, format_markdown, parse_arms, smooth
 from megadna.cli.ablate_tokenizers import main as ablate_main
+from megadna.cli.args import config_from_args
+from megadna.cli.pretrain import build_parser as pretrain_parser
 from megadna.errors import InputError
+from megadna.experiments.ablation import AblationConfig, Arm, convergence, format_markdown, parse_arms, smooth
+from megadna.experiments.ablation.run import pretrain_argv, train_config
+from megadna.train.config import TrainConfig
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -30,6 +35,29 @@ def test_arms_from_pairs_or_cross_product():
         parse_arms("kmer6:bert,kmer6:bert", "", "")
     with pytest.raises(InputError, match="one of the two"):
         AblationConfig(data="x", arms="kmer6:bert", tokenizers="base")
+
+
+def test_pretrain_argv_parses_back_to_the_arms_train_config(tmp_path):
+    """Each arm's launcher flags, read by the trainer's own parser, give back the TrainConfig the ablation built."""
+    bpe_dir = tmp_path / "tokenizers" / "bpe64"
+    ds_path = tmp_path / "ds.json"
+    cfg = AblationConfig(data=str(tmp_path / "shards"), out=str(tmp_path / "abl"), tokenizers=f"kmer6,nkmer6,base,{bpe_dir}",
+                         maskings="bert,dnabert,randommask", max_steps=50, seed=3, eval_batches=2)
+    arms = cfg.arm_list()
+    assert len(arms) == 12
+    for arm in arms:
+        max_tokens = 136 if arm.tokenizer == str(bpe_dir) else None  # a BPE arm's sequence length is sized on the shards
+        save_dir = tmp_path / "abl" / "arms" / arm.name / "pretrain"
+        built = train_config(arm, arm.tokenizer, cfg, save_dir, max_tokens)
+        assert (built.tokenizer, built.masking, built.max_steps, built.seed) == (arm.tokenizer, arm.masking, 50, 3)
+        assert built.save_dir == str(save_dir.resolve()) and built.max_tokens == (max_tokens or 0) and built.progress is False
+        args = pretrain_parser().parse_args(pretrain_argv(built, ds_path))
+        assert args.deepspeed_config == str(ds_path)
+        assert config_from_args(TrainConfig, args) == built
+    # the free-form escape hatch comes last, so it overrides the arm's own flags
+    built = train_config(arms[0], "kmer6", cfg, tmp_path / "run", None)
+    args = pretrain_parser().parse_args(pretrain_argv(built, ds_path, "--mask_ratio 0.2 --keep_last 5"))
+    assert config_from_args(TrainConfig, args) == dataclasses.replace(built, mask_ratio=0.2, keep_last=5)
 
 
 def test_convergence_and_smoothing():

@@ -18,8 +18,9 @@ import pytest
 import torch
 
 from megadna.errors import InputError
-from megadna.export import ExportVerificationError, export_hf, random_sequences, verify_hf_dir
-from megadna.pretrained import load_pretrained
+from megadna.model.export import ExportVerificationError, export_hf, random_sequences, verify_hf_dir
+from megadna.model.pretrained import load_pretrained
+from megadna.rundir import META, RunDir
 
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("deepspeed")
@@ -32,7 +33,8 @@ _MAKE_CHECKPOINT = textwrap.dedent("""
     import torch, deepspeed
     from deepspeed.utils import safe_get_full_fp32_param
     from safetensors.torch import save_file
-    from megadna import checkpoint as ckpt
+    from megadna import rundir as ckpt
+    from megadna.rundir import RunDir
     from megadna.model import BertForMLM, model_config
     from megadna.tokenizers import get_tokenizer
 
@@ -50,10 +52,10 @@ _MAKE_CHECKPOINT = textwrap.dedent("""
     for _ in range(2):  # a few updates, so the fp32 master weights differ from their bf16 copies
         engine.backward(engine(ids, labels=labels)["loss"])
         engine.step()
-    d = out / "checkpoints" / ckpt.tag_for(2)
+    d = RunDir(out).checkpoint(2)
     engine.save_checkpoint(str(d.parent), tag=d.name)
     tok.save(d / "tokenizer")
-    (d / "config.json").write_text("{}")
+    (d / ckpt.CONFIG).write_text("{}")
     ckpt.write_meta(d, {"global_step": 2, "model": cfg.to_dict(), "tokenizer": tok.to_dict()})
     master = {n: safe_get_full_fp32_param(p).detach().clone().contiguous() for n, p in engine.module.named_parameters()}
     save_file(master, str(out / "reference_fp32.safetensors"))
@@ -94,7 +96,7 @@ def _one_thread(one_torch_thread):
 
 def test_load_pretrained_rebuilds_fp32_master_weights_from_zero(zero_run):
     save_dir, master = zero_run
-    step_dir = save_dir / "checkpoints" / "step00000002"
+    step_dir = RunDir(save_dir).checkpoint(2)
     for path in (save_dir, step_dir):  # a run's save_dir resolves to its newest complete checkpoint
         model, tok, info = load_pretrained(path)
         assert info["kind"] == "checkpoint" and info["global_step"] == 2 and info["path"] == str(step_dir)
@@ -152,7 +154,7 @@ def test_export_refuses_to_overwrite_and_a_failed_export_leaves_nothing(zero_run
         export_hf(zero_run[0], out)
     assert (out / "model.safetensors").stat().st_mtime_ns == before
 
-    import megadna.export as export
+    import megadna.model.export as export
 
     def broken(*args, **kwargs):
         raise ExportVerificationError("simulated mismatch")
@@ -188,7 +190,7 @@ class _Payload:
 def test_checkpoint_with_pickled_code_is_refused_not_run(zero_run, tmp_path):
     bad = tmp_path / "run"
     shutil.copytree(zero_run[0], bad)
-    step = bad / "checkpoints" / "step00000002"
+    step = RunDir(bad).checkpoint(2)
     optim = next(step.glob("*optim_states.pt"))
     state = torch.load(optim, weights_only=False)  # our own test file: trusted
     state["optimizer_state_dict"]["payload"] = _Payload()
@@ -206,11 +208,11 @@ def test_load_pretrained_errors_name_the_problem(zero_run, tmp_path):
     # an interrupted save: DeepSpeed's files without megadna.json
     run = tmp_path / "run"
     shutil.copytree(zero_run[0], run)
-    (run / "checkpoints" / "step00000002" / "megadna.json").unlink()
+    (RunDir(run).checkpoint(2) / META).unlink()
     with pytest.raises(InputError, match="no complete checkpoint"):
         load_pretrained(run)
     with pytest.raises(InputError, match="never completed"):
-        load_pretrained(run / "checkpoints" / "step00000002")
+        load_pretrained(RunDir(run).checkpoint(2))
 
 
 def test_cli_exit_codes(zero_run, exported, capsys):

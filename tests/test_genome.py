@@ -1,4 +1,4 @@
-"""megadna.genome against real genomes, an independent reference parser, and hostile input."""
+"""megadna.data.genome against real genomes, an independent reference parser, and hostile input."""
 
 import gzip
 import re
@@ -10,10 +10,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from megadna import genome
+from megadna.data import genome
+from megadna.data.genome import Contig, Window, WindowConfig, WindowStats, iter_windows, read_fasta, reverse_complement
+from megadna.data.synthetic import write_synthetic_fasta
 from megadna.errors import InputError
-from megadna.genome import Contig, Window, WindowConfig, WindowStats, iter_windows, read_fasta, reverse_complement
-from megadna.synthetic import write_synthetic_fasta
 
 GENOMES = ["A.thaliana.fa.gz", "D.melanogaster.fa.gz", "C.elegans.fa.gz", "GCF_000005845.2_ASM584v2_genomic.fna.gz"]
 _IUPAC_TO_N = str.maketrans("RYKMSWBDHV", "N" * 10)

@@ -11,9 +11,14 @@ import pytest
 import torch
 from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
-import megadna.gue as gue
+import megadna.eval.data as gue_data
+import megadna.eval.finetune as gue_finetune
+import megadna.eval.gue as gue
 from megadna.errors import InputError
-from megadna.gue import GUEConfig, format_table, load_baselines, read_split, recipe_for, run_gue
+from megadna.eval.config import GUEConfig, Recipe, recipe_for
+from megadna.eval.data import read_split
+from megadna.eval.gue import run_gue
+from megadna.eval.report import format_table, load_baselines
 
 pytest.importorskip("transformers")
 
@@ -109,7 +114,7 @@ def test_real_gue_end_to_end_and_reported_metrics_equal_sklearn_on_saved_predict
 def test_metrics_follow_varied_predictions(shared_data, tmp_path, monkeypatch):
     """A few CPU steps leave a random-init model predicting one class (MCC 0 whatever the bookkeeping);
     here the predictions vary, so a score computed on the wrong rows or split would show."""
-    real_predict = gue.predict
+    real_predict = gue_finetune.predict
 
     def varied(model, data, *args, **kwargs):
         probs = real_predict(model, data, *args, **kwargs)
@@ -117,7 +122,7 @@ def test_metrics_follow_varied_predictions(shared_data, tmp_path, monkeypatch):
         noisy = np.clip(probs + rng.normal(0, 0.3, probs.shape), 1e-3, None)
         return noisy / noisy.sum(1, keepdims=True)
 
-    monkeypatch.setattr(gue, "predict", varied)
+    monkeypatch.setattr(gue_finetune, "predict", varied)  # finetune scores dev and test through it
     cfg = _quick(gue_dir=str(shared_data / "gue"), output_dir=str(tmp_path), datasets="tf/0", max_steps=1)
     results = run_gue(cfg)
     mccs = _check_reported_metrics_against_saved_predictions(tmp_path, results, shared_data / "gue", n_test=48)
@@ -151,9 +156,9 @@ def test_restart_skips_finished_runs_and_refuses_a_changed_config(real_run, monk
 
 
 def test_pretrained_model_on_the_demo_task_with_truncation(tmp_path, caplog):
-    from megadna.export import write_hf_dir
+    from megadna.data.synthetic import write_demo_gue
     from megadna.model import BertForMLM, model_config
-    from megadna.synthetic import write_demo_gue
+    from megadna.model.export import write_hf_dir
     from megadna.tokenizers import get_tokenizer
 
     write_demo_gue(tmp_path / "gue", seed=0, n_train=40, n_dev=20, n_test=20, length=60)
@@ -162,7 +167,7 @@ def test_pretrained_model_on_the_demo_task_with_truncation(tmp_path, caplog):
     write_hf_dir(BertForMLM(model_config("tiny", tok.vocab_size, max_position_embeddings=64)), tok, tmp_path / "model")
     cfg = GUEConfig(gue_dir=str(tmp_path / "gue"), model=str(tmp_path / "model"), output_dir=str(tmp_path / "out"),
                     seeds="7", max_tokens=32, max_steps=2, batch_size=8, micro_batch_size=4, eval_steps=1, progress=False)
-    with caplog.at_level(logging.WARNING, logger="megadna.gue"):
+    with caplog.at_level(logging.WARNING, logger="megadna.eval.data"):
         results = run_gue(cfg)
     # 60 bp give 58 3-mers; 32 tokens leave room for 30: every sequence is cut to its first bases
     assert "demo/motif: 40 of 40 train, 20 of 20 dev, 20 of 20 test sequences are longer than 30 tokens" in caplog.text
@@ -176,8 +181,8 @@ def test_truncation_keeps_the_first_bases():
     from megadna.tokenizers import get_tokenizer
 
     tok = get_tokenizer("kmer6")
-    split = gue.Split(["ACGTACGGTCAGTTGACCATGACA", "ACGTAC" * 2], np.array([0, 1]), np.array([0, 1]))
-    enc = gue.encode_split(tok, split, max_tokens=10)
+    split = gue_data.Split(["ACGTACGGTCAGTTGACCATGACA", "ACGTAC" * 2], np.array([0, 1]), np.array([0, 1]))
+    enc = gue_data.encode_split(tok, split, max_tokens=10)
     assert enc.input_ids[0, 1:9].tolist() == tok.encode(split.sequences[0][:13]).tolist()  # 8 6-mers = 13 bp
     assert enc.lengths.tolist() == [10, 9]
 
@@ -211,11 +216,11 @@ def test_missing_split_and_unknown_dataset_are_clear(tmp_path, capsys):
     good = "sequence,label\nACGTACGTAC,0\nTTGACCATGA,1\n"
     _write(tmp_path / "GUE" / "tf" / "0" / "train.csv", good)
     _write(tmp_path / "GUE" / "tf" / "0" / "test.csv", good)
-    assert gue.discover_datasets(tmp_path) == ["tf/0"]  # the folder holding GUE/ works too
+    assert gue_data.discover_datasets(tmp_path) == ["tf/0"]  # the folder holding GUE/ works too
     with pytest.raises(InputError, match=r"tf/0/dev\.csv: missing"):
-        gue.load_dataset(tmp_path, "tf/0", _quick(gue_dir=str(tmp_path)))
+        gue_data.load_dataset(tmp_path, "tf/0", _quick(gue_dir=str(tmp_path)))
     with pytest.raises(InputError, match=r"--datasets: tf/9 not found .* available: tf/0"):
-        gue.select_datasets(tmp_path, "tf/9")
+        gue_data.select_datasets(tmp_path, "tf/9")
 
     from megadna.cli.finetune_gue import main
 
@@ -227,22 +232,22 @@ def test_missing_split_and_unknown_dataset_are_clear(tmp_path, capsys):
 
 
 def test_subsample_is_deterministic_and_independent_of_the_training_seed(shared_data):
-    a = gue.load_dataset(shared_data / "gue", "tf/0", _quick(seeds="1"))
-    b = gue.load_dataset(shared_data / "gue", "tf/0", _quick(seeds="2"))
-    c = gue.load_dataset(shared_data / "gue", "tf/0", _quick(subsample_seed=1))
+    a = gue_data.load_dataset(shared_data / "gue", "tf/0", _quick(seeds="1"))
+    b = gue_data.load_dataset(shared_data / "gue", "tf/0", _quick(seeds="2"))
+    c = gue_data.load_dataset(shared_data / "gue", "tf/0", _quick(subsample_seed=1))
     assert a["train"].index.tolist() == b["train"].index.tolist() != c["train"].index.tolist()
     assert len(a["train"]) == 64 and len(a["test"]) == 48 and (np.diff(a["test"].index) > 0).all()
 
 
 def test_recipe_follows_dnabert2_scripts_and_flags_override_it():
-    assert recipe_for("prom/prom_core_notata") == gue.Recipe(epochs=4, warmup_steps=50, eval_steps=400)
+    assert recipe_for("prom/prom_core_notata") == Recipe(epochs=4, warmup_steps=50, eval_steps=400)
     assert recipe_for("prom/prom_core_tata").epochs == 10 and recipe_for("prom/prom_300_tata").epochs == 10
-    assert recipe_for("mouse/3") == gue.Recipe(epochs=5, warmup_steps=30, eval_steps=200, max_steps=1000)
+    assert recipe_for("mouse/3") == Recipe(epochs=5, warmup_steps=30, eval_steps=200, max_steps=1000)
     assert recipe_for("tf/0").epochs == 3 and recipe_for("EMP/H3").epochs == 3
     assert recipe_for("splice/reconstructed").epochs == 5 and recipe_for("virus/covid").epochs == 8
     assert recipe_for("demo/motif").epochs == 3
     cfg = GUEConfig(gue_dir="x", model="tiny", init="random", tokenizer="kmer6", epochs=1, max_steps=0)
-    assert cfg.resolved_recipe("mouse/0") == gue.Recipe(epochs=1, warmup_steps=30, eval_steps=200, max_steps=0)
+    assert cfg.resolved_recipe("mouse/0") == Recipe(epochs=1, warmup_steps=30, eval_steps=200, max_steps=0)
     default = GUEConfig(gue_dir="x", model="run")
     assert (default.lr, default.weight_decay, default.batch_size, default.seed_list()) == (3e-5, 0.01, 32, [42, 43, 44])
 

@@ -6,9 +6,11 @@ import logging
 import pytest
 import torch
 
+from megadna.data.genome import WindowConfig, iter_windows, read_fasta
+from megadna.data.shard_writer import ShardConfig, write_shards
+from megadna.data.shards import MANIFEST, file_sha256, iter_shard, read_manifest, verify_shards
+from megadna.data.stream import EpochPlan, StreamConfig, WindowStream, make_loader
 from megadna.errors import InputError
-from megadna.genome import WindowConfig, iter_windows, read_fasta
-from megadna.shards import MANIFEST, EpochPlan, ShardConfig, StreamConfig, WindowStream, file_sha256, iter_shard, make_loader, read_manifest, verify_shards, write_shards
 
 
 @pytest.fixture(scope="module")
@@ -74,13 +76,13 @@ def test_writing_is_reproducible_and_refuses_to_clobber(shared_data, tmp_path):
 
 
 def test_a_crash_mid_write_leaves_no_manifest(shared_data, tmp_path, monkeypatch):
-    import megadna.shards as shards
+    import megadna.data.shard_writer as shard_writer
 
     def boom(*a, **k):
         yield from iter_windows(*a, **k)
         raise RuntimeError("crash while windowing")
 
-    monkeypatch.setattr(shards, "iter_windows", boom)
+    monkeypatch.setattr(shard_writer, "iter_windows", boom)
     with pytest.raises(RuntimeError):
         write_shards([shared_data / "genomes" / "C.elegans.fa.gz"], tmp_path / "s", WindowConfig(window=300), ShardConfig(samples_per_shard=100, write_shuffle=0))
     assert not (tmp_path / "s" / MANIFEST).exists()
@@ -216,7 +218,7 @@ def test_tar_member_matches_tarfile(tmp_path):
     import io
     import tarfile
 
-    from megadna.shards import tar_member
+    from megadna.data.shards import tar_member
 
     data = tar_member(b"w0000000001.seq.txt", b"ACGT" * 100) + tar_member(b"w0000000001.meta.json", b"{}") + bytes(1024)
     with tarfile.open(fileobj=io.BytesIO(data)) as tf:

@@ -6,9 +6,9 @@ import re
 
 import pytest
 
+from megadna.data.genome import read_fasta
+from megadna.data.synthetic import DEMO_MOTIFS, motif_tolerance, synthetic_genome, write_demo_gue, write_synthetic_fasta
 from megadna.errors import InputError
-from megadna.genome import read_fasta
-from megadna.synthetic import DEMO_MOTIFS, motif_tolerance, synthetic_genome, write_demo_gue, write_synthetic_fasta
 
 
 @pytest.fixture(scope="module")

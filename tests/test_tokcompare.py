@@ -11,7 +11,7 @@ import pytest
 
 from megadna.cli.compare_tokenizers import main as compare_main
 from megadna.errors import InputError
-from megadna.tokcompare import CompareConfig, changed_tokens, compare, measure, mutation_probe, run_comparison, sample_windows
+from megadna.experiments.tokcompare import CompareConfig, changed_tokens, compare, measure, mutation_probe, run_comparison, sample_windows
 from megadna.tokenizers import get_tokenizer, train_bpe
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

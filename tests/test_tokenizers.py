@@ -302,7 +302,7 @@ def test_save_load_round_trip(spec, tmp_path):
 def genome(shared_data):
     """A. thaliana records (first 1% of each): N runs of 1000/120/100 bp and IUPAC K/S/Y in Chr2.
 
-    Read with gzip here, not megadna.genome, so these tests stand on their own.
+    Read with gzip here, not megadna.data.genome, so these tests stand on their own.
     """
     records, name = {}, None
     with gzip.open(shared_data / "genomes" / "A.thaliana.fa.gz", "rt") as f:
@@ -401,7 +401,7 @@ def test_to_hf_text_is_the_dnabert_format():
 
 
 def test_train_bpe_command_line(shared_data, tmp_path, capsys):
-    pytest.importorskip("megadna.genome")  # the CLI reads FASTA through the genome reader
+    pytest.importorskip("megadna.data.genome")  # the CLI reads FASTA through the genome reader
     from megadna.cli.train_bpe import main
 
     fasta = shared_data / "genomes" / "A.thaliana.fa.gz"

@@ -11,7 +11,8 @@ import pytest
 import torch
 from launch import ROOT, env, fp32_params, losses, pretrain_cmd, run
 
-from megadna import checkpoint as ckpt
+from megadna import rundir as ckpt
+from megadna.rundir import RunDir
 from megadna.train import load_ds_config
 
 pytestmark = pytest.mark.slow
@@ -29,12 +30,12 @@ def test_two_rank_zero2_run_learns_on_real_shards(real_shards, tmp_path):
     assert len(ls) == 120
     first, last = sum(ls[:15]) / 15, sum(ls[-15:]) / 15
     assert last < first - 0.05, f"loss did not fall: first {first:.4f}, last {last:.4f}"
-    cfg = json.loads((save / "config.json").read_text())
+    cfg = json.loads(RunDir(save).config.read_text())
     assert cfg["world_size"] == 2 and cfg["deepspeed"]["zero_optimization"]["stage"] == 2
     assert "step 120/120" in proc.stdout and "eval @ step 120" in proc.stdout
-    (found,) = ckpt.complete_checkpoints(save / "checkpoints")
+    (found,) = RunDir(save).complete_checkpoints()
     assert found[0] == 120
-    assert (found[1] / "tokenizer" / "vocab.txt").is_file() and (found[1] / "config.json").is_file()
+    assert (found[1] / ckpt.TOKENIZER_DIR / "vocab.txt").is_file() and (found[1] / ckpt.CONFIG).is_file()
     assert list((save / "tensorboard").iterdir())
 
 
@@ -43,13 +44,13 @@ def test_resume_equals_uninterrupted(real_shards, tmp_path):
     straight, split = tmp_path / "straight", tmp_path / "split"
     _ok(run(pretrain_cmd(*common, "--save_dir", straight)))
     _ok(run(pretrain_cmd(*common, "--save_dir", split, "--stop_at_step", 10)))
-    assert [s for s, _ in ckpt.complete_checkpoints(split / "checkpoints")] == [10]
+    assert [s for s, _ in RunDir(split).complete_checkpoints()] == [10]
     resumed = run(pretrain_cmd(*common, "--save_dir", split))
     _ok(resumed)
     assert "resuming from" in resumed.stdout and "global_step 10" in resumed.stdout
     assert losses(split) == losses(straight)  # bitwise: same data, masks, dropout and optimizer state
-    a = fp32_params(straight / "checkpoints" / ckpt.tag_for(20))
-    b = fp32_params(split / "checkpoints" / ckpt.tag_for(20))
+    a = fp32_params(RunDir(straight).checkpoint(20))
+    b = fp32_params(RunDir(split).checkpoint(20))
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
@@ -75,19 +76,19 @@ def test_killed_run_resumes_from_its_last_complete_checkpoint(real_shards, tmp_p
     common = ("--data", real_shards, "--save_dir", save, "--max_steps", 400, "--save_interval", 5, "--eval_interval", 0, "--keep_last", 2)
     proc = _start(pretrain_cmd(*common, "--log_interval", 5))
     try:
-        _wait_for(lambda: any(s >= 10 for s, _ in ckpt.complete_checkpoints(save / "checkpoints")), 300, proc)
+        _wait_for(lambda: any(s >= 10 for s, _ in RunDir(save).complete_checkpoints()), 300, proc)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # no chance to clean up: like a node failure
         proc.wait()
     # An interrupted save is a directory without the completion marker: it must be passed over.
-    (save / "checkpoints" / ckpt.tag_for(10**7)).mkdir()
-    newest = ckpt.complete_checkpoints(save / "checkpoints")[-1][0]
-    assert len(ckpt.complete_checkpoints(save / "checkpoints")) <= 2  # keep_last
+    (RunDir(save).checkpoint(10**7)).mkdir()
+    newest = RunDir(save).complete_checkpoints()[-1][0]
+    assert len(RunDir(save).complete_checkpoints()) <= 2  # keep_last
     resumed = run(pretrain_cmd(*common, "--stop_at_step", newest + 3, "--log_interval", 1))
     _ok(resumed)
     assert f"global_step {newest}" in resumed.stdout
-    assert ckpt.complete_checkpoints(save / "checkpoints")[-1][0] == newest + 3
-    steps = [json.loads(line)["step"] for line in (save / "metrics.jsonl").read_text().splitlines()]
+    assert RunDir(save).complete_checkpoints()[-1][0] == newest + 3
+    steps = [json.loads(line)["step"] for line in RunDir(save).metrics.read_text().splitlines()]
     assert steps == list(range(1, newest + 4))  # the log reads as one run
 
 
@@ -95,14 +96,14 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(real_shards, tmp_path):
     save = tmp_path / "run"
     proc = _start(pretrain_cmd("--data", real_shards, "--save_dir", save, "--max_steps", 400, "--save_interval", 1000, "--eval_interval", 0, "--num_workers", 1))
     try:
-        _wait_for(lambda: (save / "metrics.jsonl").exists() and len(losses(save)) >= 3, 300, proc)
+        _wait_for(lambda: RunDir(save).metrics.exists() and len(losses(save)) >= 3, 300, proc)
         os.killpg(proc.pid, signal.SIGTERM)  # what SLURM does on preemption: the whole job gets it
         out, _ = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
     assert "preemption signal: saving" in out
-    found = ckpt.complete_checkpoints(save / "checkpoints")
+    found = RunDir(save).complete_checkpoints()
     assert found and found[-1][0] == len(losses(save)) and 3 <= found[-1][0] < 400
 
 
@@ -134,7 +135,7 @@ def test_non_finite_loss_stops_with_a_clear_message(real_shards, tmp_path, singl
     save = tmp_path / "run"
     with pytest.raises(NonFiniteLoss, match="last complete checkpoint is intact"):
         _train(data=str(real_shards), save_dir=str(save), max_steps=50, save_interval=1, num_workers=0, ds_config=str(tmp_path / "ds.json"))
-    found = ckpt.complete_checkpoints(save / "checkpoints")
+    found = RunDir(save).complete_checkpoints()
     assert found and found[-1][0] == len(losses(save))  # the last finite step was saved, nothing after
     assert all(torch.isfinite(torch.tensor(x)) for x in losses(save))
 
@@ -147,4 +148,4 @@ def test_every_shipped_deepspeed_config_runs(name, real_shards, tmp_path, single
         pytest.skip("fp16 training needs a GPU: DeepSpeed's CPU accelerator does not support fp16")
     summary = _train(data=str(real_shards), save_dir=str(tmp_path / "run"), max_steps=3, save_interval=3, num_workers=0, ds_config=str(ROOT / "ds_configs" / name))
     assert summary["final_step"] == 3 and len(losses(tmp_path / "run")) == 3
-    assert ckpt.complete_checkpoints(tmp_path / "run" / "checkpoints")[-1][0] == 3
+    assert RunDir(tmp_path / "run").complete_checkpoints()[-1][0] == 3

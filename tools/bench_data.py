@@ -10,7 +10,6 @@ Results: docs/BENCHMARKS.md.
 
 from __future__ import annotations
 
-import argparse
 import gzip
 import hashlib
 import json
@@ -20,12 +19,15 @@ import tempfile
 import time
 from pathlib import Path
 
-from megadna import shards
-from megadna.bench import interleave, machine, markdown_table, median, timed, verdict
-from megadna.genome import WindowConfig, iter_windows, read_fasta
+from megadna.cli.args import parser
+from megadna.data.genome import WindowConfig, iter_windows, read_fasta
+from megadna.data.shard_writer import ShardConfig, _ShardSink, _shuffled, write_shards
+from megadna.data.shards import tar_member
+from megadna.data.stream import StreamConfig, WindowStream
+from megadna.experiments.bench import interleave, machine, markdown_table, median, timed, verdict
 from megadna.paths import shared_data_dir
-from megadna.shards import ShardConfig, StreamConfig, WindowStream, _shuffled, _ShardSink, write_shards
 from megadna.tokenizers import get_tokenizer
+
 
 def bench_sharding(fasta: Path, tmp: Path, repeats: int) -> dict:
     """write_shards end to end (CPU and wall), then its time split by stage."""
@@ -62,10 +64,10 @@ def bench_sharding(fasta: Path, tmp: Path, repeats: int) -> dict:
 
     uncompressed = cpu(lambda: len(sink(False)))
     members = [(b"w%010d.seq.txt" % i, w.seq.encode()) for i, w in enumerate(windows)] + [(b"w%010d.meta.json" % i, b"{}" * 60) for i in range(len(windows))]
-    stages["tar members: tar_member (2 per window)"] = cpu(lambda: sum(len(shards.tar_member(a, b)) for a, b in members))
+    stages["tar members: tar_member (2 per window)"] = cpu(lambda: sum(len(tar_member(a, b)) for a, b in members))
     stages["meta JSON, buffering, .tar write + sha256 (_ShardSink, compress=False, less tar_member)"] = uncompressed - stages["tar members: tar_member (2 per window)"]
     raw = (tmp / f"sink{k['n']}" / sink(False)[0]["name"]).read_bytes()
-    levels = {level: {"cpu_s": cpu(lambda: len(gzip.compress(raw, compresslevel=level, mtime=0))), "bytes_per_bp": len(gzip.compress(raw, compresslevel=level, mtime=0)) / len(windows) / 510} for level in (1, 6)}
+    levels = {level: {"cpu_s": cpu(lambda: len(gzip.compress(raw, compresslevel=level, mtime=0))), "bytes_per_bp": len(gzip.compress(raw, compresslevel=level, mtime=0)) / len(windows) / 510} for level in (1, 6)}  # noqa: B023 (called at once, inside the loop)
     stages["gzip level 1 of the tar stream"] = levels[1]["cpu_s"]
     stages["sha256 of the FASTA (manifest)"] = cpu(lambda: len(hashlib.sha256(fasta.read_bytes()).digest()))
     return {
@@ -108,7 +110,7 @@ def bench_loader(shard_dir: Path, repeats: int, micro_batch: int = 8, n_batches:
         next(batches)  # opens the first shard
 
         def run():
-            return sum(next(batches)["input_ids"].numel() for _ in range(n_batches))
+            return sum(next(batches)["input_ids"].numel() for _ in range(n_batches))  # noqa: B023 (run() is timed inside this iteration)
 
         t = [timed(run) for _ in range(repeats)]
         out[f"rc{rc}"] = median(x.per_cpu_s for x in t) / 1e6
@@ -128,15 +130,16 @@ def bench_loader(shard_dir: Path, repeats: int, micro_batch: int = 8, n_batches:
     return out
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv=None) -> int:
+    p = parser("tools/bench_data.py", __doc__)
     default = (shared_data_dir() or Path(".")) / "genomes" / "GCF_000005845.2_ASM584v2_genomic.fna.gz"
     p.add_argument("--fasta", type=Path, default=default, help="a gzipped FASTA (default: E. coli K-12, 4.6 Mbp)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--json", type=Path, help="also write the results here")
     args = p.parse_args(argv)
     if not args.fasta.is_file():
-        sys.exit(f"{args.fasta}: no such FASTA; pass --fasta or set MEGADNA_SHARED_DATA")
+        print(f"error: {args.fasta}: no such FASTA; pass --fasta or set MEGADNA_SHARED_DATA", file=sys.stderr)
+        return 2
     info = machine()
     t0 = time.perf_counter()
     tmp = Path(tempfile.mkdtemp(prefix="bench_data_"))
@@ -164,7 +167,8 @@ def main(argv=None):
     print(f"loader reading shards only (no tokenizer, no RC): {loader['read_only_windows_per_cpu_s'] * 505 / 1e6:.1f} M tok/s-equivalent; total {time.perf_counter() - t0:.0f} s")
     if args.json:
         args.json.write_text(json.dumps(results, indent=1, default=str))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -13,14 +13,13 @@
     python tools/bench_train.py mlm --device cuda --dtype bf16 --preset dnabert-base --batch 64 --seq 512 --steps 10 --warmup 5
     python tools/bench_train.py masking --device cuda --dtype bf16 --preset dnabert-base --batch 64 --masking_steps 50
 
-Every ratio is taken in one process, the two sides interleaved (megadna.bench.interleave), as the
+Every ratio is taken in one process, the two sides interleaved (megadna.experiments.bench.interleave), as the
 median over repeats. CPU runs use --threads intra-op threads (default 1) for both sides alike.
 Results and the machine they came from: docs/BENCHMARKS.md.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import io
 import json
@@ -34,10 +33,12 @@ from pathlib import Path
 
 import torch
 
-from megadna.bench import interleave, machine, markdown_table, median, median_ratio, verdict
+from megadna.cli.args import parser
+from megadna.errors import InputError
+from megadna.experiments.bench import interleave, machine, markdown_table, median, median_ratio, verdict
 from megadna.masking import MaskingConfig, apply_masking
-from megadna.metrics import peak_flops
 from megadna.model import BertForMLM, model_config
+from megadna.train.metrics import peak_flops
 
 VOCAB = 4101  # kmer6: 5 specials + 4^6 k-mers
 
@@ -45,7 +46,7 @@ VOCAB = 4101  # kmer6: 5 specials + 4^6 k-mers
 def _setup(args) -> torch.device:
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
-        sys.exit("--device cuda: no CUDA device here")
+        raise InputError("--device cuda: no CUDA device here")
     if device.type == "cpu":
         torch.set_num_threads(args.threads)
     return device
@@ -200,8 +201,8 @@ def _single_rank_env():
 
 
 def _make_shards(fasta: Path, out: Path) -> Path:
-    from megadna.genome import WindowConfig
-    from megadna.shards import ShardConfig, write_shards
+    from megadna.data.genome import WindowConfig
+    from megadna.data.shard_writer import ShardConfig, write_shards
 
     write_shards([fasta], out, WindowConfig(window=510, stride=510, val_fraction=0.05), ShardConfig(samples_per_shard=1000))
     return out
@@ -211,12 +212,12 @@ def bench_loop(args) -> dict:
     """tokens/s of megadna.train.train vs a bare loop over the same stream, masking, model, AdamW and
     clipping. Both count micro_batch x max_tokens per step and time the steps after the first
     `--loop_warmup` (DeepSpeed's first log window holds its start-up; the bare loop skips the same)."""
-    import megadna.train as trainer_module
-    from megadna.metrics import Meter
+    import megadna.train.trainer as trainer_module  # train() builds its Meter from this module's name
+    from megadna.data.stream import StreamConfig, WindowStream, make_loader
     from megadna.paths import shared_data_dir
-    from megadna.shards import StreamConfig, WindowStream, make_loader
     from megadna.tokenizers import get_tokenizer
     from megadna.train import TrainConfig, load_ds_config, sequence_tokens, train
+    from megadna.train.metrics import Meter
 
     _setup(args)
     _single_rank_env()
@@ -372,8 +373,8 @@ def print_masking(r: dict) -> None:
           f"target < 2%: {verdict(r['share'], 0.02, higher_is_better=False)}")
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv=None) -> int:
+    p = parser("tools/bench_train.py", __doc__)
     p.add_argument("what", choices=("mlm", "loop", "masking"))
     p.add_argument("--preset", default="tiny", help="model preset: tiny, small, dnabert-base")
     p.add_argument("--batch", type=int, default=8, help="sequences per step")
@@ -394,7 +395,11 @@ def main(argv=None):
     args = p.parse_args(argv)
     t0 = time.perf_counter()
     fn, show = {"mlm": (bench_mlm, print_mlm), "loop": (bench_loop, print_loop), "masking": (bench_masking, print_masking)}[args.what]
-    result = fn(args)
+    try:
+        result = fn(args)
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     result["machine"] = machine()
     result["seconds"] = time.perf_counter() - t0
     print(json.dumps(result["machine"]))
@@ -402,7 +407,8 @@ def main(argv=None):
     print(f"({result['seconds']:.0f} s)")
     if args.json:
         args.json.write_text(json.dumps(result, indent=1, default=str))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

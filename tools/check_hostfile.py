@@ -1,5 +1,5 @@
-"""Validate a DeepSpeed hostfile. See `python tools/check_hostfile.py --help`; logic in megadna.hostfile."""
+"""Validate a DeepSpeed hostfile. See `python tools/check_hostfile.py --help`; logic in megadna.train.hostfile."""
 from megadna.cli.check_hostfile import main
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

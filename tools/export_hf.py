@@ -1,5 +1,5 @@
-"""Checkpoint -> Hugging Face directory. See `python tools/export_hf.py --help`; logic in megadna.export."""
+"""Checkpoint -> Hugging Face directory. See `python tools/export_hf.py --help`; logic in megadna.model.export."""
 from megadna.cli.export_hf import main
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -1,7 +1,5 @@
 """Plot a masking curriculum to PNG. See `python tools/plot_masking.py --help`; logic in megadna.masking."""
-import sys
-
 from megadna.cli.plot_masking import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

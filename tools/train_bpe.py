@@ -2,4 +2,4 @@
 from megadna.cli.train_bpe import main
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -1,4 +1,4 @@
-"""Tokenizer / masking ablation: the same pre-training budget per arm, then GUE; logic in megadna.ablation.
+"""Tokenizer / masking ablation: the same pre-training budget per arm, then GUE; logic in megadna.experiments.ablation.
 
 Overnight on a GPU node (every local GPU per arm, ZeRO-2 bf16):
     python tools/ablate_tokenizers.py --data shards/hg38 --out runs/ablation \\
@@ -18,29 +18,25 @@ Exit codes: 0 every arm done, 1 an arm failed (the others ran; see ablation.md),
 from __future__ import annotations
 
 import argparse
-import dataclasses
+from pathlib import Path
 
-from megadna.ablation import AblationConfig, run_ablation
+from megadna.cli.args import add_config_arguments, config_from_args, parser
 from megadna.cli.common import entry_point
+from megadna.experiments.ablation import AblationConfig, run_ablation
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="megadna-ablate-tokenizers", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    for f in dataclasses.fields(AblationConfig):
-        if isinstance(f.default, bool):
-            p.add_argument(f"--{f.name}", type=lambda s: s.lower() in ("1", "true", "yes"), default=f.default, nargs="?", const=True,
-                           help=f.metadata.get("help"))
-        else:
-            p.add_argument(f"--{f.name}", type=type(f.default), default=f.default, help=f.metadata.get("help"))
+def build_parser(prog: str = "megadna ablate-tokenizers") -> argparse.ArgumentParser:
+    """AblationConfig's flags, one per field."""
+    p = parser(prog, __doc__)
+    add_config_arguments(p, AblationConfig)
     return p
 
 
 @entry_point
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    cfg = AblationConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(AblationConfig)})
+    cfg = config_from_args(AblationConfig, build_parser().parse_args(argv))
     result = run_ablation(cfg)
-    print(open(f"{cfg.out}/ablation.md").read())
+    print((Path(cfg.out) / "ablation.md").read_text())
     print(f"wrote {cfg.out}/ablation.json, ablation.md, loss_curves.png")
     return 1 if any(a.get("error") for a in result["arms"]) else 0
 

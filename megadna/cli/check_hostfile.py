@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import argparse
 
+from megadna.cli.args import parser
 from megadna.cli.common import entry_point
 from megadna.errors import InputError
-from megadna.hostfile import check_node_rank, check_reachable, describe, parse_hostfile
+from megadna.train.hostfile import check_node_rank, check_reachable, describe, parse_hostfile
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = parser("megadna check-hostfile", __doc__)
     p.add_argument("hostfile", help="DeepSpeed hostfile: one 'host slots=N' line per node, in node-rank order")
     p.add_argument("--node_rank", type=int, default=None, help="also check that this node rank exists (per-node launch, --no_ssh)")
     p.add_argument("--nodes", type=int, default=None, help="also check that the hostfile lists exactly this many nodes")
@@ -31,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 @entry_point
-def main(argv=None):
+def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     hosts = parse_hostfile(args.hostfile)
     if args.nodes is not None and len(hosts) != args.nodes:
@@ -41,7 +42,8 @@ def main(argv=None):
     if args.check_reachable:
         check_reachable(args.hostfile, hosts, port=args.port, timeout_s=args.timeout, ssh=args.ssh)
     print(f"{args.hostfile}: {describe(hosts)}" + (" - all reachable" if args.check_reachable else ""))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

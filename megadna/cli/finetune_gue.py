@@ -15,35 +15,32 @@ Exit codes: 0 done, 2 bad input (the message names the file and line).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 
+from megadna.cli.args import add_config_arguments, config_from_args, parser
 from megadna.cli.common import entry_point
-from megadna.gue import GUEConfig, format_table, run_gue
+from megadna.eval.config import GUEConfig
+from megadna.eval.gue import format_table, run_gue
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """One --flag per GUEConfig field, typed and documented from the dataclass."""
-    for f in dataclasses.fields(GUEConfig):
-        kind = f.type if isinstance(f.type, str) else f.type.__name__
-        if kind == "bool":
-            parser.add_argument(f"--{f.name}", type=lambda s: s.lower() in ("1", "true", "yes"), default=f.default, help=f.metadata.get("help"))
-        else:
-            parser.add_argument(f"--{f.name}", type={"int": int, "float": float}.get(kind, str), default=f.default, help=f.metadata.get("help"))
-    return parser
+def build_parser(prog: str = "megadna-finetune-gue") -> argparse.ArgumentParser:
+    """One typed, documented --flag per GUEConfig field."""
+    p = parser(prog, __doc__)
+    add_config_arguments(p, GUEConfig)
+    return p
 
 
 @entry_point
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    cfg = GUEConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(GUEConfig)})
+def main(argv=None) -> int:
+    p = build_parser()
+    args = p.parse_args(argv)
+    cfg = config_from_args(GUEConfig, args)
     if not cfg.gue_dir:
-        parser.error("--gue_dir is required")
+        p.error("--gue_dir is required")
     results = run_gue(cfg)
     print(format_table(results))
     print(f"results: {cfg.output_dir}/results.md, results.csv, results.json; predictions: {cfg.output_dir}/predictions/")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

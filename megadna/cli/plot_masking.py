@@ -9,14 +9,16 @@ at sampled steps, so the plot shows what training will do, not a re-derivation o
 from __future__ import annotations
 
 import argparse
-import sys
 
-from megadna.errors import InputError
+from megadna.cli.args import parser
+from megadna.cli.common import entry_point
 from megadna.masking import POLICIES, MaskingConfig, schedule
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def build_parser() -> argparse.ArgumentParser:
+    # MaskingConfig's None-able fields (centre_probability, max_boundary, phase_steps) are not
+    # bool/int/float/str, so add_config_arguments cannot spell them: the flags are listed here.
+    ap = parser("megadna plot-masking", __doc__)
     ap.add_argument("--policy", choices=POLICIES, default="randommask")
     ap.add_argument("--k", type=int, default=6, help="tokenizer k-mer size (tokens per base window)")
     ap.add_argument("--total_steps", type=int, required=True, help="optimizer steps in the run")
@@ -30,21 +32,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--batch_size", type=int, default=64, help="windows in the random batch per point")
     ap.add_argument("--seq_len", type=int, default=512, help="tokens per window, [CLS]/[SEP] included")
     ap.add_argument("--out", required=True, help="PNG to write")
-    return ap.parse_args(argv)
+    return ap
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    try:
-        cfg = MaskingConfig(policy=args.policy, mask_ratio=args.mask_ratio,
-                            centre_probability=args.centre_probability, rescale=not args.no_rescale,
-                            max_boundary=args.max_boundary, phases=args.phases, phase_steps=args.phase_steps)
-        s = schedule(cfg, args.k, args.total_steps, args.n_points, batch_size=args.batch_size,
-                     seq_len=args.seq_len)
-    except InputError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-
+def _plot(s: dict, title: str, out) -> None:
     import matplotlib
 
     matplotlib.use("Agg")  # files only; no display needed
@@ -53,18 +44,27 @@ def main(argv=None) -> int:
     fig, (top, bottom) = plt.subplots(2, 1, sharex=True, figsize=(7, 5))
     top.step(s["step"], s["mask_boundary"], where="post")
     top.set_ylabel("mask boundary B (tokens)")
-    top.set_title(f"{args.policy}, k={args.k}")
+    top.set_title(title)
     bottom.step(s["step"], s["expected_mask_ratio"], where="post", label="expected (interior)")
     bottom.plot(s["step"], s["realised_mask_ratio"], "o", ms=3, label="realised on a random batch")
     bottom.set_ylabel("masked share of maskable tokens")
     bottom.set_xlabel("optimizer step")
     bottom.legend()
     fig.tight_layout()
-    fig.savefig(args.out, dpi=120)
+    fig.savefig(out, dpi=120)
     plt.close(fig)
+
+
+@entry_point
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    cfg = MaskingConfig(policy=args.policy, mask_ratio=args.mask_ratio, centre_probability=args.centre_probability, rescale=not args.no_rescale,
+                        max_boundary=args.max_boundary, phases=args.phases, phase_steps=args.phase_steps)
+    s = schedule(cfg, args.k, args.total_steps, args.n_points, batch_size=args.batch_size, seq_len=args.seq_len)
+    _plot(s, f"{args.policy}, k={args.k}", args.out)
     print(f"wrote {args.out}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

@@ -12,37 +12,34 @@ from __future__ import annotations
 import argparse
 import itertools
 
+from megadna.cli.args import parser
 from megadna.cli.common import entry_point
 from megadna.tokenizers.bpe import train_bpe
 from megadna.tokenizers.bpe_corpus import fasta_sequences, shard_sequences
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="megadna-train-bpe",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Input is cut at every N run and IUPAC code, then into --chunk_bp chunks.",
-    )
-    source = parser.add_argument_group("input (one or both)")
+    p = parser("megadna train-bpe", __doc__)
+    p.epilog = "Input is cut at every N run and IUPAC code, then into --chunk_bp chunks."
+    source = p.add_argument_group("input (one or both)")
     source.add_argument("--fasta", nargs="+", default=[], metavar="FA", help="FASTA files, plain or .gz")
     source.add_argument("--shards", metavar="DIR", help="shard set from tools/make_shards.py (its train split only)")
-    parser.add_argument("--vocab_size", type=int, default=4096, help="tokens in all, specials included (default 4096)")
-    parser.add_argument("--out", required=True, help="output directory, e.g. tokenizers/bpe4096")
-    parser.add_argument("--max_bp", type=int, default=None, help="train on at most this many bases (default: all)")
-    parser.add_argument("--chunk_bp", type=int, default=1000, help="bases per training sentence (default 1000)")
-    parser.add_argument("--max_piece_bp", type=int, default=16, help="longest BPE piece in bases (default 16)")
-    parser.add_argument("--threads", type=int, default=1, help="sentencepiece training threads (default 1)")
-    parser.add_argument("--overwrite", action="store_true", help="replace a tokenizer already in --out")
-    return parser
+    p.add_argument("--vocab_size", type=int, default=4096, help="tokens in all, specials included (default 4096)")
+    p.add_argument("--out", required=True, help="output directory, e.g. tokenizers/bpe4096")
+    p.add_argument("--max_bp", type=int, default=None, help="train on at most this many bases (default: all)")
+    p.add_argument("--chunk_bp", type=int, default=1000, help="bases per training sentence (default 1000)")
+    p.add_argument("--max_piece_bp", type=int, default=16, help="longest BPE piece in bases (default 16)")
+    p.add_argument("--threads", type=int, default=1, help="sentencepiece training threads (default 1)")
+    p.add_argument("--overwrite", action="store_true", help="replace a tokenizer already in --out")
+    return p
 
 
 @entry_point
 def main(argv=None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    p = build_parser()
+    args = p.parse_args(argv)
     if not args.fasta and not args.shards:
-        parser.error("give --fasta FILE [FILE ...] and/or --shards DIR")
+        p.error("give --fasta FILE [FILE ...] and/or --shards DIR")
     sources = []
     if args.fasta:
         sources.append(fasta_sequences(args.fasta))
@@ -64,4 +61,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -7,6 +7,7 @@
 
 from megadna.tokenizers.base import (
     CLS_ID,
+    IGNORE_INDEX,
     MASK_ID,
     N_SPECIAL,
     PAD_ID,
@@ -21,6 +22,7 @@ from megadna.tokenizers.registry import VALID_SPECS, get_tokenizer, load_tokeniz
 
 __all__ = [
     "CLS_ID",
+    "IGNORE_INDEX",
     "MASK_ID",
     "N_SPECIAL",
     "PAD_ID",

@@ -7,7 +7,6 @@ Ids 0..4 are the specials in every vocabulary (k-mer, single base, BPE), so mask
 
 from __future__ import annotations
 
-import json
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Sequence
@@ -15,11 +14,13 @@ from typing import Sequence
 import numpy as np
 
 from megadna.errors import InputError
+from megadna.jsonfile import write_json
 from megadna.tokenizers.codes import Seq
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 PAD_ID, UNK_ID, CLS_ID, SEP_ID, MASK_ID = 0, 1, 2, 3, 4
 N_SPECIAL = 5  # every id < N_SPECIAL is special; masking relies on this
+IGNORE_INDEX = -100  # the label of a position that is not predicted (PyTorch's cross_entropy default); never a token id
 
 CONFIG_FILE = "megadna_tokenizer.json"  # what load_tokenizer reads; the other files are for Hugging Face
 
@@ -76,7 +77,7 @@ class DNATokenizer(ABC):
         directory.mkdir(parents=True, exist_ok=True)
         self._write_hf_files(directory)
         config = {"name": self.name, "vocab_size": self.vocab_size, **self.to_dict()}
-        (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+        write_json(directory / CONFIG_FILE, config, indent=2)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, vocab_size={self.vocab_size})"

@@ -1,7 +1,7 @@
 """Where BPE training sequences come from: FASTA files, or the train split of a megadna shard set.
 
 Both yield whole sequences (bytes); bpe.training_chunks cuts them at N runs and into chunks. Shards
-are read through megadna.shards (the one reader of that format: seq.txt members as text, nothing
+are read through megadna.data.shards (the one reader of that format: seq.txt members as text, nothing
 unpickled) and only their train split is used: a tokenizer that has seen the validation windows
 would leak them into every model trained with it.
 """
@@ -16,7 +16,7 @@ from megadna.errors import InputError
 
 def fasta_sequences(paths: Iterable) -> Iterator[bytes]:
     """The bases of every record of every FASTA file (plain or .gz), in order."""
-    from megadna.genome import read_fasta  # imported here: the tokenizers do not need the genome reader
+    from megadna.data.genome import read_fasta  # imported here: the tokenizers do not need the genome reader
 
     paths = [Path(p) for p in paths]
     for path in paths:  # fail before reading the first file, not after
@@ -29,7 +29,7 @@ def fasta_sequences(paths: Iterable) -> Iterator[bytes]:
 
 def shard_sequences(shard_dir) -> Iterator[bytes]:
     """The bases of every window in the train split of the shard set in shard_dir, in manifest order."""
-    from megadna.shards import CorruptShard, iter_shard, read_manifest
+    from megadna.data.shards import CorruptShard, iter_shard, read_manifest
 
     shard_dir = Path(shard_dir)
     manifest = read_manifest(shard_dir)  # refuses a directory without a complete shard set

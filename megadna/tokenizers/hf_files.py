@@ -10,9 +10,9 @@ PreTrainedTokenizerFast. No custom code, so no trust_remote_code.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
+from megadna.jsonfile import write_json
 from megadna.tokenizers.base import SPECIAL_TOKENS
 
 SPECIAL_TOKENS_MAP = {
@@ -25,7 +25,7 @@ SPECIAL_TOKENS_MAP = {
 
 
 def _write_json(path: Path, obj: dict) -> None:
-    path.write_text(json.dumps(obj, indent=2) + "\n")
+    write_json(path, obj, indent=2)
 
 
 def write_bert_vocab_files(directory: Path, vocab: list[str], model_max_length: int | None = None) -> None:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
 from megadna.errors import InputError, where
+from megadna.jsonfile import read_json
 from megadna.tokenizers.base import CONFIG_FILE, DNATokenizer
 from megadna.tokenizers.bpe import BPETokenizer
 from megadna.tokenizers.kmer import (
@@ -50,10 +50,7 @@ def load_tokenizer(directory) -> DNATokenizer:
     path = directory / CONFIG_FILE
     if not path.is_file():
         raise InputError(f"{directory}: no {CONFIG_FILE}; not a directory written by DNATokenizer.save()")
-    try:
-        config = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise InputError(f"{where(path)}: not valid JSON ({err})") from None
+    config = read_json(path, "tokenizer config")
     kind = config.get("type") if isinstance(config, dict) else None
     if kind == "kmer":
         cls = OverlappingKmerTokenizer if config.get("overlapping") else NonOverlappingKmerTokenizer

@@ -22,8 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from megadna.errors import InputError
-
-IGNORE_INDEX = -100  # label of a position that is not predicted (PyTorch's cross_entropy default)
+from megadna.tokenizers.base import IGNORE_INDEX
 
 
 @dataclass

@@ -36,7 +36,7 @@ import torch
 
 from megadna.errors import InputError
 
-log = logging.getLogger("megadna.distributed")
+log = logging.getLogger("megadna.train.distributed")
 
 TIMEOUT_ENV = "MEGADNA_DIST_TIMEOUT_S"
 DEFAULT_TIMEOUT_S = 600.0

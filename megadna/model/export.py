@@ -14,7 +14,6 @@ sibling directory, is reloaded with transformers and checked (tokenizer ids equa
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path
@@ -23,8 +22,9 @@ import numpy as np
 import torch
 
 from megadna.errors import InputError
+from megadna.jsonfile import read_json, write_json, write_text
 from megadna.model import BertForMLM
-from megadna.pretrained import load_pretrained
+from megadna.model.pretrained import load_pretrained
 from megadna.tokenizers import DNATokenizer
 
 EXPORT_META = "megadna_export.json"
@@ -69,8 +69,8 @@ def write_hf_dir(model: BertForMLM, tokenizer: DNATokenizer, out_dir, meta: dict
         tokenizer.save(tmp)
         _set_model_max_length(tmp, model.config.max_position_embeddings)
         meta["verified_max_abs_logit_diff"] = verify_hf_dir(tmp, model, tokenizer, atol=atol, seed=seed)
-        (tmp / EXPORT_META).write_text(json.dumps(meta, indent=1) + "\n")
-        (tmp / "README.md").write_text(model_card(model, tokenizer, meta))
+        write_json(tmp / EXPORT_META, meta)
+        write_text(tmp / "README.md", model_card(model, tokenizer, meta))
         _replace(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -81,9 +81,9 @@ def write_hf_dir(model: BertForMLM, tokenizer: DNATokenizer, out_dir, meta: dict
 def _set_model_max_length(directory: Path, max_positions: int) -> None:
     """Let AutoTokenizer truncate at the model's positions instead of assuming an unbounded length."""
     path = directory / "tokenizer_config.json"
-    config = json.loads(path.read_text())
+    config = read_json(path, "tokenizer config")
     config["model_max_length"] = max_positions
-    path.write_text(json.dumps(config, indent=2) + "\n")
+    write_json(path, config, indent=2)
 
 
 def _replace(tmp: Path, out_dir: Path) -> None:
@@ -198,7 +198,7 @@ logits = model(**batch).logits
 ```
 
 Upper-case the sequence first (lower-case letters are not in the vocabulary). With megadna installed,
-`megadna.pretrained.load_pretrained(model_dir)` gives the same model with megadna's own tokenizer
+`megadna.model.pretrained.load_pretrained(model_dir)` gives the same model with megadna's own tokenizer
 (`megadna_tokenizer.json`), and `megadna.tokenizers.load_tokenizer(model_dir).to_hf_text(seq)` writes the text above.
 
 ## Verification

@@ -22,15 +22,16 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import types
 from pathlib import Path
 
 import torch
 
-from megadna import checkpoint as ckpt
+from megadna import rundir as ckpt
 from megadna.errors import InputError
+from megadna.jsonfile import read_json
 from megadna.model import BertForMLM, ModelConfig
+from megadna.rundir import RunDir
 from megadna.tokenizers import DNATokenizer, load_tokenizer
 from megadna.tokenizers.base import CONFIG_FILE as TOKENIZER_FILE
 
@@ -62,15 +63,16 @@ def load_pretrained(path, device="cpu") -> tuple[BertForMLM, DNATokenizer, dict]
         raise InputError(f"{path}: is a file; expected {ACCEPTED}")
     if (path / ckpt.META).is_file():
         return _load_checkpoint(path, device)
-    if (path / "checkpoints").is_dir():
-        found = ckpt.complete_checkpoints(path / "checkpoints")
-        if not found:
-            raise InputError(f"{path / 'checkpoints'}: no complete checkpoint (none has {ckpt.META}); "
+    run = RunDir(path)
+    if run.checkpoints.is_dir():
+        newest = run.newest_checkpoint()
+        if newest is None:
+            raise InputError(f"{run.checkpoints}: no complete checkpoint (none has {ckpt.META}); "
                              "the run never finished a save")
-        return _load_checkpoint(found[-1][1], device)
+        return _load_checkpoint(newest, device)
     if (path / HF_CONFIG_FILE).is_file() and (path / WEIGHTS_FILE).is_file():
         return _load_export(path, device)
-    if path.parent.name == "checkpoints" and any(path.glob("*_model_states.pt")):
+    if path.parent.name == run.checkpoints.name and any(path.glob("*_model_states.pt")):
         raise InputError(f"{path}: no {ckpt.META}; this checkpoint was never completed (an interrupted save?). "
                          f"Use an older one in {path.parent}, or the run's save_dir to pick the newest complete one")
     raise InputError(f"{path}: not a model directory megadna knows; expected {ACCEPTED}")
@@ -86,7 +88,7 @@ def _load_checkpoint(d: Path, device) -> tuple[BertForMLM, DNATokenizer, dict]:
     if not isinstance(meta.get("model"), dict):
         raise InputError(f"{d / ckpt.META}: has no 'model' config; written by an older megadna?")
     cfg = _model_config(meta["model"], d / ckpt.META)
-    tokenizer = load_tokenizer(d / "tokenizer")
+    tokenizer = load_tokenizer(d / ckpt.TOKENIZER_DIR)
     if tokenizer.vocab_size != cfg.vocab_size:
         raise InputError(f"{d}: tokenizer/ has {tokenizer.vocab_size} tokens but the model's vocab_size is "
                          f"{cfg.vocab_size}; the tokenizer folder does not belong to this checkpoint")
@@ -210,10 +212,7 @@ def _model_config(fields: dict, where: Path) -> ModelConfig:
 
 
 def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise InputError(f"{path}: not valid JSON (line {e.lineno}): {e.msg}") from None
+    data = read_json(path)
     if not isinstance(data, dict):
         raise InputError(f"{path}: expected a JSON object")
     return data

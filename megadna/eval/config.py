@@ -1,0 +1,127 @@
+"""What a GUE evaluation runs: DNABERT-2's per-family fine-tuning recipes (`FAMILY_RECIPES`,
+`recipe_for`) and `GUEConfig`, every setting of a run (one --flag each in megadna-finetune-gue)."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+
+from megadna.errors import InputError
+from megadna.model import PRESETS
+
+
+@dataclass(frozen=True)
+class Recipe:
+    epochs: int
+    warmup_steps: int  # optimizer steps
+    eval_steps: int  # optimizer steps between dev evaluations; 0: at the end of every epoch
+    max_steps: int = 0  # > 0: train exactly this many steps, whatever `epochs` says (HF Trainer semantics)
+
+
+# Source: DNABERT-2's finetune/scripts/run_dnabert2.sh (github.com/MAGICS-LAB/DNABERT_2, the version
+# with lr=3e-5 that the paper's Table 4 used), with finetune/train.py's defaults (AdamW, weight decay
+# 0.01, linear warmup then linear decay, HF Trainer's max_grad_norm 1.0). The paper states a global
+# batch of 32. Keys are matched against "task/dataset", first match wins; the last is the fallback.
+FAMILY_RECIPES: tuple[tuple[str, Recipe], ...] = (
+    (r"EMP/.*", Recipe(epochs=3, warmup_steps=50, eval_steps=200)),
+    (r"prom/prom_core_tata", Recipe(epochs=10, warmup_steps=50, eval_steps=200)),
+    (r"prom/prom_core_.*", Recipe(epochs=4, warmup_steps=50, eval_steps=400)),
+    (r"prom/prom_300_tata", Recipe(epochs=10, warmup_steps=50, eval_steps=200)),
+    (r"prom/prom_300_.*", Recipe(epochs=4, warmup_steps=50, eval_steps=400)),
+    (r"splice/.*", Recipe(epochs=5, warmup_steps=50, eval_steps=200)),
+    (r"virus/.*", Recipe(epochs=8, warmup_steps=50, eval_steps=200)),
+    (r"mouse/.*", Recipe(epochs=5, warmup_steps=30, eval_steps=200, max_steps=1000)),
+    (r"tf/.*", Recipe(epochs=3, warmup_steps=30, eval_steps=200)),
+    (r".*", Recipe(epochs=3, warmup_steps=50, eval_steps=200)),  # datasets outside GUE (e.g. the demo)
+)
+
+
+def recipe_for(name: str) -> Recipe:
+    """DNABERT-2's recipe for "task/dataset"."""
+    return next(r for pattern, r in FAMILY_RECIPES if re.fullmatch(pattern, name))
+
+
+@dataclass
+class GUEConfig:
+    gue_dir: str = field(default="", metadata={"help": "folder holding <task>/<dataset>/{train,dev,test}.csv (the GUE folder)"})
+    model: str = field(default="", metadata={"help": "--init pretrained: a checkpoint dir, a run's save_dir or an export; --init random: a preset (" + ", ".join(PRESETS) + ")"})
+    init: str = field(default="pretrained", metadata={"help": "pretrained | random (the control: same architecture, no pre-training)"})
+    tokenizer: str = field(default="", metadata={"help": "--init random only: kmer6, nkmer6, base or a BPE directory (a pretrained model brings its own)"})
+    output_dir: str = field(default="runs/gue", metadata={"help": "results, predictions and per-run markers go here"})
+    datasets: str = field(default="", metadata={"help": "comma-separated task/dataset names (e.g. prom/prom_core_notata,tf/0); empty: every dataset found"})
+    seeds: str = field(default="42,43,44", metadata={"help": "comma-separated fine-tuning seeds"})
+    lr: float = field(default=3e-5, metadata={"help": "AdamW peak learning rate"})
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay (not on biases and LayerNorm)"})
+    batch_size: int = field(default=32, metadata={"help": "sequences per optimizer step"})
+    micro_batch_size: int = field(default=0, metadata={"help": "sequences per forward pass (0: batch_size); batch_size must be a multiple"})
+    eval_batch_size: int = field(default=64, metadata={"help": "sequences per forward pass in evaluation"})
+    epochs: int = field(default=-1, metadata={"help": "training epochs (-1: the dataset family's recipe)"})
+    max_steps: int = field(default=-1, metadata={"help": "> 0: train exactly this many steps, overriding epochs; 0: no cap; -1: the recipe's"})
+    warmup_steps: int = field(default=-1, metadata={"help": "linear warmup steps (-1: the recipe's), then linear decay to 0"})
+    eval_steps: int = field(default=-1, metadata={"help": "steps between dev evaluations (0: every epoch end; -1: the recipe's); always at the last step"})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping (HF Trainer's default)"})
+    max_tokens: int = field(default=0, metadata={"help": "tokens per sequence incl. [CLS]/[SEP] (0: the longest sequence's, capped at the model's positions)"})
+    max_train_samples: int = field(default=0, metadata={"help": "use a seeded random subset of train of this size (0: all)"})
+    max_eval_samples: int = field(default=0, metadata={"help": "use seeded random subsets of dev and test of this size (0: all)"})
+    subsample_seed: int = field(default=0, metadata={"help": "seed of those subsets (the same for every fine-tuning seed)"})
+    device: str = field(default="auto", metadata={"help": "auto (CUDA when available) | cpu | cuda | cuda:N"})
+    precision: str = field(default="auto", metadata={"help": "auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16"})
+    progress: bool = field(default=True, metadata={"help": "tqdm progress bar"})
+
+    def __post_init__(self):
+        self._check_model()
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise InputError(f"--precision must be auto, fp32 or bf16, got {self.precision!r}")
+        for name in ("batch_size", "eval_batch_size"):
+            if getattr(self, name) < 1:
+                raise InputError(f"--{name} must be >= 1")
+        micro = self.micro_batch_size or self.batch_size
+        if micro < 1 or self.batch_size % micro:
+            raise InputError(f"--batch_size {self.batch_size} must be a multiple of --micro_batch_size {micro}")
+        if self.lr <= 0 or self.weight_decay < 0 or self.max_grad_norm <= 0:
+            raise InputError("--lr and --max_grad_norm must be > 0, --weight_decay >= 0")
+        for name in ("max_tokens", "max_train_samples", "max_eval_samples"):
+            if getattr(self, name) < 0:
+                raise InputError(f"--{name} must be >= 0")
+        if self.max_tokens == 1:
+            raise InputError("--max_tokens must leave room for [CLS] and [SEP] (>= 2)")
+        self.seed_list()  # validates
+
+    def _check_model(self) -> None:
+        if self.init not in ("pretrained", "random"):
+            raise InputError(f"--init must be pretrained or random, got {self.init!r}")
+        if not self.model:
+            raise InputError("--model is required: a checkpoint/run/export path (--init pretrained) or a preset (--init random)")
+        if self.init == "random":
+            if self.model not in PRESETS:
+                raise InputError(f"--init random takes a preset as --model ({', '.join(PRESETS)}), got {self.model!r}")
+            if not self.tokenizer:
+                raise InputError("--init random needs --tokenizer (e.g. kmer6), as no checkpoint brings one")
+        elif self.tokenizer:
+            raise InputError("--tokenizer is for --init random only: a pretrained model is fine-tuned with the tokenizer it was trained with")
+
+    def seed_list(self) -> list[int]:
+        try:
+            seeds = [int(s) for s in str(self.seeds).split(",") if s.strip()]
+        except ValueError:
+            raise InputError(f"--seeds must be comma-separated integers, got {self.seeds!r}") from None
+        if not seeds or len(set(seeds)) != len(seeds):
+            raise InputError(f"--seeds must name at least one seed, each once, got {self.seeds!r}")
+        return seeds
+
+    def resolved_recipe(self, name: str) -> Recipe:
+        """The family's recipe for "task/dataset", with this config's overrides (fields >= 0) applied."""
+        r = recipe_for(name)
+        return Recipe(
+            epochs=self.epochs if self.epochs >= 0 else r.epochs,
+            warmup_steps=self.warmup_steps if self.warmup_steps >= 0 else r.warmup_steps,
+            eval_steps=self.eval_steps if self.eval_steps >= 0 else r.eval_steps,
+            max_steps=self.max_steps if self.max_steps >= 0 else r.max_steps,
+        )
+
+    def run_key(self) -> dict:
+        """What decides one (dataset, seed) result: a finished run is reused only if this is unchanged."""
+        # `model` is left out: the model's identity (resolved path, step, shape, tokenizer) is added by run_gue.
+        skip = {"gue_dir", "output_dir", "datasets", "seeds", "device", "progress", "model"}
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}

@@ -1,0 +1,178 @@
+"""GUE datasets: reading and validating `<task>/<dataset>/{train,dev,test}.csv` (header `sequence,label`),
+finding and selecting datasets, seeded subsets, and tokenizing them for fine-tuning.
+
+Every file is validated row by row as it is read: a bad row is an InputError naming file and line.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import re
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from megadna.errors import InputError, where
+from megadna.eval.config import GUEConfig
+from megadna.tokenizers import DNATokenizer
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "dev", "test")
+_DNA = re.compile(r"[ACGTNacgtn]+")
+_LABEL = re.compile(r"\d+")
+
+
+@dataclass
+class Split:
+    sequences: list[str]  # upper-case A/C/G/T/N
+    labels: np.ndarray  # int64
+    index: np.ndarray  # int64: row of each sequence in the file (0 = first data row, line 2)
+
+    def __len__(self) -> int:
+        return len(self.sequences)
+
+
+def read_split(path: Path) -> Split:
+    """A GUE csv (header `sequence,label`), validated row by row; errors name file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: missing; a GUE dataset folder holds train.csv, dev.csv and test.csv")
+    seqs, labels = [], []
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.reader(f)
+        try:
+            header = next(reader, None)
+            if header is None:
+                raise InputError(f"{where(path, line=1)}: the file is empty; expected the header 'sequence,label'")
+            if [h.strip().lstrip("\ufeff").lower() for h in header] != ["sequence", "label"]:
+                raise InputError(f"{where(path, line=1)}: header is {','.join(header)!r}, expected 'sequence,label'")
+            for row in reader:
+                line = reader.line_num
+                if not row or all(not c.strip() for c in row):
+                    raise InputError(f"{where(path, line=line)}: empty row; every row is 'sequence,label'")
+                if len(row) != 2:
+                    raise InputError(f"{where(path, line=line)}: {len(row)} fields, expected 2 (sequence,label)")
+                seq, label = row[0].strip(), row[1].strip()
+                if not _DNA.fullmatch(seq):
+                    bad = next((c for c in seq if c not in "ACGTNacgtn"), "") if seq else ""
+                    what = f"non-DNA character {bad!r}" if seq else "an empty sequence"
+                    raise InputError(f"{where(path, line=line)}: {what}; sequences hold only A, C, G, T, N")
+                if not _LABEL.fullmatch(label):
+                    raise InputError(f"{where(path, line=line)}: label {label!r} is not a non-negative integer")
+                seqs.append(seq.upper())
+                labels.append(int(label))
+        except UnicodeDecodeError as e:
+            raise InputError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+        except csv.Error as e:
+            raise InputError(f"{where(path, line=reader.line_num)}: malformed CSV: {e}") from None
+    if not seqs:
+        raise InputError(f"{path}: no rows after the header")
+    return Split(seqs, np.asarray(labels, dtype=np.int64), np.arange(len(seqs), dtype=np.int64))
+
+
+def gue_root(gue_dir) -> Path:
+    """The folder whose children are the tasks: gue_dir itself, or gue_dir/GUE when it holds the GUE folder."""
+    root = Path(gue_dir)
+    if not root.is_dir():
+        raise InputError(f"{root}: no such GUE folder (expected <task>/<dataset>/{{train,dev,test}}.csv under it)")
+    if not _dataset_names(root) and (root / "GUE").is_dir():
+        return root / "GUE"
+    return root
+
+
+def _dataset_names(root: Path) -> list[str]:
+    return sorted(f"{t.name}/{d.name}" for t in root.iterdir() if t.is_dir() for d in t.iterdir()
+                  if d.is_dir() and any((d / f"{s}.csv").exists() for s in SPLITS))
+
+
+def discover_datasets(gue_dir) -> list[str]:
+    """Every "task/dataset" with a split file under the GUE folder, sorted."""
+    root = gue_root(gue_dir)
+    names = _dataset_names(root)
+    if not names:
+        raise InputError(f"{root}: no GUE datasets found (expected {root}/<task>/<dataset>/train.csv)")
+    return names
+
+
+def select_datasets(gue_dir, wanted: str) -> list[str]:
+    """The comma-separated "task/dataset" names in `wanted` (all found when empty), each checked to exist."""
+    available = discover_datasets(gue_dir)
+    if not wanted.strip():
+        return available
+    names = [w.strip().strip("/") for w in wanted.split(",") if w.strip()]
+    missing = [n for n in names if n not in available]
+    if missing:
+        raise InputError(f"--datasets: {', '.join(missing)} not found under {gue_dir}; available: {', '.join(available)}")
+    return names
+
+
+def subsample(split: Split, n: int, rng: np.random.Generator) -> Split:
+    """n rows chosen at random (kept in file order), or the split itself when n is 0 or >= its size."""
+    if not n or n >= len(split):
+        return split
+    keep = np.sort(rng.choice(len(split), size=n, replace=False))
+    return Split([split.sequences[i] for i in keep], split.labels[keep], split.index[keep])
+
+
+def load_dataset(gue_dir, name: str, cfg: GUEConfig) -> dict[str, Split]:
+    """train/dev/test of "task/dataset", each cut to cfg's seeded subset size (0: whole)."""
+    folder = gue_root(gue_dir) / name
+    splits = {s: read_split(folder / f"{s}.csv") for s in SPLITS}
+    # Subsets depend on (subsample_seed, dataset, split), not on the fine-tuning seed: every seed sees
+    # the same data, so the spread over seeds is the spread of training alone.
+    key = zlib.crc32(name.encode())
+    sizes = {"train": cfg.max_train_samples, "dev": cfg.max_eval_samples, "test": cfg.max_eval_samples}
+    return {s: subsample(sp, sizes[s], np.random.default_rng([cfg.subsample_seed, key, i]))
+            for i, (s, sp) in enumerate(splits.items())}
+
+
+def token_counts(tokenizer: DNATokenizer, seqs: list[str]) -> np.ndarray:
+    """Tokens (without [CLS]/[SEP]) per sequence."""
+    out = np.empty(len(seqs), dtype=np.int64)
+    for i, s in enumerate(seqs):
+        n = tokenizer.num_tokens(len(s)) if "N" not in s else None  # exact for N-free sequences
+        out[i] = n if n is not None else len(tokenizer.encode(s))
+    return out
+
+
+@dataclass
+class Encoded:
+    input_ids: torch.Tensor  # [n, max_tokens] int64
+    lengths: torch.Tensor  # [n] real tokens incl. [CLS]/[SEP]
+    labels: torch.Tensor  # [n] int64
+
+
+def encode_split(tokenizer: DNATokenizer, split: Split, max_tokens: int) -> Encoded:
+    """[CLS] tokens [SEP], padded to max_tokens; longer sequences keep their first tokens."""
+    ids, masks = [], []
+    for start in range(0, len(split), 8192):
+        b = tokenizer.encode_batch(split.sequences[start:start + 8192], max_tokens)
+        ids.append(b["input_ids"])
+        masks.append(b["attention_mask"])
+    mask = np.concatenate(masks)
+    return Encoded(torch.from_numpy(np.concatenate(ids)), torch.from_numpy(mask.sum(1)), torch.from_numpy(split.labels))
+
+
+def plan_tokens(tokenizer: DNATokenizer, splits: dict[str, Split], max_positions: int, requested: int, name: str) -> tuple[int, dict]:
+    """Tokens per sequence for this dataset, and how many sequences of each split get truncated.
+
+    The rule: input is [CLS] tokens [SEP]. max_tokens is --max_tokens, else the longest sequence's
+    token count + 2, capped at the model's positions. A longer sequence keeps its first
+    max_tokens - 2 tokens, i.e. its first bases (the left end).
+    """
+    counts = {s: token_counts(tokenizer, sp.sequences) for s, sp in splits.items()}
+    longest = max(int(c.max()) for c in counts.values()) + 2
+    if requested > max_positions:
+        raise InputError(f"--max_tokens {requested} exceeds the model's {max_positions} positions")
+    max_tokens = requested or min(longest, max_positions)
+    truncated = {s: int((c > max_tokens - 2).sum()) for s, c in counts.items()}
+    if any(truncated.values()):
+        detail = ", ".join(f"{n} of {len(splits[s])} {s}" for s, n in truncated.items() if n)
+        log.warning("%s: %s sequences are longer than %d tokens and are truncated to their first %d tokens "
+                    "(the left end of the sequence is kept)", name, detail, max_tokens - 2, max_tokens - 2)
+    return max_tokens, truncated

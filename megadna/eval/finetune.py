@@ -1,0 +1,204 @@
+"""Fine-tuning one (dataset, seed): the backbone it starts from, the training loop, scoring.
+
+- start: `Backbone` = a pretrained encoder (a copy per seed) or the recipe for a random one (drawn
+  per seed), under a `BertClassifier` head (megadna.model.heads).
+- train: AdamW (no decay on biases and LayerNorm), linear warmup then linear decay, gradient clipping;
+  an optimizer step of `batch_size` sequences may be split into micro batches.
+- selection: dev MCC is measured every `eval_steps` (and at the last step); the best state is kept
+  in memory and that one is scored on test. (DNABERT-2's Trainer picked the lowest dev loss.)
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import sys
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from megadna.errors import InputError
+from megadna.eval.config import GUEConfig, Recipe
+from megadna.eval.data import Encoded
+from megadna.model import Bert, BertForMLM, ModelConfig, model_config
+from megadna.model.heads import BertClassifier
+from megadna.tokenizers import DNATokenizer, get_tokenizer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Backbone:
+    """What every (dataset, seed) starts from: a pretrained encoder, or the recipe for a random one."""
+
+    config: ModelConfig
+    tokenizer: DNATokenizer
+    info: dict
+    bert: Bert | None  # None: random init, drawn per seed
+
+    def classifier(self, num_labels: int, seed: int) -> BertClassifier:
+        torch.manual_seed(seed)
+        bert = copy.deepcopy(self.bert) if self.bert is not None else BertForMLM(self.config).bert
+        return BertClassifier(bert, self.config, num_labels)
+
+
+def load_backbone(cfg: GUEConfig) -> Backbone:
+    """cfg.model: a preset with cfg.tokenizer (--init random), else a checkpoint, run or export."""
+    if cfg.init == "random":
+        tokenizer = get_tokenizer(cfg.tokenizer)
+        mcfg = model_config(cfg.model, vocab_size=tokenizer.vocab_size)
+        info = {"kind": "random", "preset": cfg.model, "model": mcfg.to_dict(), "tokenizer": tokenizer.to_dict()}
+        return Backbone(mcfg, tokenizer, info, None)
+    from megadna.model.pretrained import load_pretrained
+
+    model, tokenizer, info = load_pretrained(cfg.model)
+    return Backbone(model.config, tokenizer, info, model.bert)
+
+
+def resolve_device(spec: str) -> torch.device:
+    """--device: auto (CUDA when available), cpu, cuda or cuda:N."""
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(spec)
+    except RuntimeError:
+        raise InputError(f"--device {spec!r} is not a device (auto, cpu, cuda, cuda:N)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device cuda, but no CUDA device is available")
+    return device
+
+
+def scores(labels: np.ndarray, preds: np.ndarray) -> dict[str, float]:
+    """MCC, macro F1 and accuracy, x 100 (the paper's scale), from scikit-learn."""
+    from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
+
+    return {"mcc": 100.0 * float(matthews_corrcoef(labels, preds)),
+            "f1": 100.0 * float(f1_score(labels, preds, average="macro", zero_division=0)),
+            "accuracy": 100.0 * float(accuracy_score(labels, preds))}
+
+
+def _autocast(device: torch.device, precision: str):
+    use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported())
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
+
+
+def _batch(data: Encoded, idx: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Rows idx, trimmed to their longest row (so short datasets pay for no padding), on device."""
+    lengths = data.lengths[idx]
+    width = int(lengths.max())
+    ids = data.input_ids[idx, :width]
+    mask = (torch.arange(width)[None, :] < lengths[:, None]).long()
+    return ids.to(device, non_blocking=True), mask.to(device, non_blocking=True), data.labels[idx].to(device, non_blocking=True)
+
+
+@torch.no_grad()
+def predict(model: BertClassifier, data: Encoded, batch_size: int, device: torch.device, precision: str) -> np.ndarray:
+    """Class probabilities [n, num_labels] (fp32)."""
+    was_training = model.training
+    model.eval()
+    out = []
+    for start in range(0, len(data.labels), batch_size):
+        ids, mask, _ = _batch(data, torch.arange(start, min(start + batch_size, len(data.labels))), device)
+        with _autocast(device, precision):
+            logits = model(ids, mask)
+        out.append(F.softmax(logits.float(), dim=-1).cpu())
+    model.train(was_training)
+    return torch.cat(out).numpy()
+
+
+def _evaluate(model: BertClassifier, data: Encoded, cfg: GUEConfig, device: torch.device) -> tuple[dict[str, float], np.ndarray]:
+    """Scores (x 100) and class probabilities of `model` on one split."""
+    probs = predict(model, data, cfg.eval_batch_size, device, cfg.precision)
+    return scores(data.labels.numpy(), probs.argmax(1)), probs
+
+
+def _optimizer(model: BertClassifier, cfg: GUEConfig) -> torch.optim.AdamW:
+    decay = [p for p in model.parameters() if p.ndim >= 2]  # HF: no decay on biases and LayerNorm
+    no_decay = [p for p in model.parameters() if p.ndim < 2]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+
+
+def _train_step(model: BertClassifier, opt, sched, data: Encoded, idx: torch.Tensor, cfg: GUEConfig, device: torch.device) -> float:
+    """One optimizer step on rows idx, in micro batches; returns the mean loss over those rows."""
+    opt.zero_grad(set_to_none=True)
+    loss_sum = 0.0
+    for chunk in idx.split(cfg.micro_batch_size or cfg.batch_size):
+        ids, mask, labels = _batch(data, chunk, device)
+        with _autocast(device, cfg.precision):
+            logits = model(ids, mask)
+        # Sum over the micro batch / sequences in the step: the mean over the step, however it is split.
+        loss = F.cross_entropy(logits.float(), labels, reduction="sum") / len(idx)
+        loss.backward()
+        loss_sum += float(loss.detach())
+    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+    opt.step()
+    sched.step()
+    return loss_sum
+
+
+def _evaluates(recipe: Recipe, step: int, total: int, end_of_epoch: bool) -> bool:
+    """Whether dev is scored after this step: every eval_steps (0: every epoch end), and at the last."""
+    return step == total or (recipe.eval_steps > 0 and step % recipe.eval_steps == 0) or (recipe.eval_steps == 0 and end_of_epoch)
+
+
+def _order(seed: int, epoch: int, n: int) -> torch.Tensor:
+    """The training rows' order in this epoch (a permutation of n, fixed by seed and epoch)."""
+    return torch.from_numpy(np.random.default_rng([seed, epoch]).permutation(n))
+
+
+def finetune(backbone: Backbone, data: dict[str, Encoded], num_labels: int, recipe: Recipe, cfg: GUEConfig,
+             seed: int, device: torch.device, desc: str) -> dict:
+    """Fine-tune, keep the best dev-MCC state, score it on test. Returns metrics and test probabilities."""
+    from transformers import get_linear_schedule_with_warmup
+
+    model = backbone.classifier(num_labels, seed).to(device).train()
+    opt = _optimizer(model, cfg)
+    n_train = len(data["train"].labels)
+    steps_per_epoch = math.ceil(n_train / cfg.batch_size)
+    total = recipe.max_steps if recipe.max_steps > 0 else recipe.epochs * steps_per_epoch
+    if total < 1:
+        raise InputError(f"{desc}: nothing to train (epochs {recipe.epochs}, max_steps {recipe.max_steps})")
+    sched = get_linear_schedule_with_warmup(opt, num_warmup_steps=min(recipe.warmup_steps, total), num_training_steps=total)
+
+    best = {"dev_mcc": -math.inf, "step": 0, "state": None}
+    history = []
+    bar = _progress(cfg, total, desc)
+    step, epoch, perm, pos = 0, 0, _order(seed, 0, n_train), 0
+    t0 = time.perf_counter()
+    while step < total:
+        idx = perm[pos:pos + cfg.batch_size]
+        pos += cfg.batch_size
+        loss_sum = _train_step(model, opt, sched, data["train"], idx, cfg, device)
+        step += 1
+        end_of_epoch = pos >= n_train
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_sum:.4f}", best_dev_mcc=f"{best['dev_mcc']:.1f}" if best["state"] else "-")
+        if _evaluates(recipe, step, total, end_of_epoch):
+            dev, _ = _evaluate(model, data["dev"], cfg, device)
+            history.append({"step": step, "epoch": epoch, "train_loss": loss_sum, **{f"dev_{k}": v for k, v in dev.items()}})
+            if dev["mcc"] > best["dev_mcc"]:
+                best = {"dev_mcc": dev["mcc"], "step": step, "state": {k: v.detach().clone() for k, v in model.state_dict().items()}}
+            log.info("%s step %d/%d: train loss %.4f, dev MCC %.2f (best %.2f at step %d)", desc, step, total, loss_sum, dev["mcc"], best["dev_mcc"], best["step"])
+        if end_of_epoch:
+            epoch += 1
+            perm, pos = _order(seed, epoch, n_train), 0
+    if bar is not None:
+        bar.close()
+    model.load_state_dict(best["state"])
+    test, probs = _evaluate(model, data["test"], cfg, device)
+    return {"test": test, "best_dev_mcc": best["dev_mcc"], "best_step": best["step"], "steps": total,
+            "epochs_run": round(total / steps_per_epoch, 3), "history": history, "probs": probs,
+            "train_seconds": time.perf_counter() - t0}
+
+
+def _progress(cfg: GUEConfig, total: int, desc: str):
+    if not cfg.progress:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="step", leave=False, dynamic_ncols=True, file=sys.stderr)

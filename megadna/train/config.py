@@ -1,0 +1,85 @@
+"""What a pre-training run is: `TrainConfig` (data, tokenizer, masking, model, run length, checkpoints,
+logging) and the DeepSpeed JSON, which owns batch size, precision, optimizer, LR schedule, clipping and
+the ZeRO stage. megadna does not duplicate those knobs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from megadna.errors import InputError
+from megadna.jsonfile import read_json
+from megadna.masking import POLICIES, MaskingConfig
+from megadna.model import PRESETS
+
+
+@dataclass
+class TrainConfig:
+    data: str = field(default="", metadata={"help": "shard directory from tools/make_shards.py; empty: build the demo data in save_dir/demo_data"})
+    tokenizer: str = field(default="kmer6", metadata={"help": "kmer<k> (overlapping), nkmer<k> (non-overlapping), base, or a saved BPE directory"})
+    model: str = field(default="tiny", metadata={"help": f"model preset: {', '.join(PRESETS)}"})
+    masking: str = field(default="randommask", metadata={"help": "bert | dnabert | randommask"})
+    mask_ratio: float = field(default=0.15, metadata={"help": "target share of maskable tokens masked"})
+    max_boundary: int = field(default=0, metadata={"help": "RandomMask B_max in tokens (0: the masking module's default, 2k)"})
+    mask_phases: int = field(default=5, metadata={"help": "RandomMask phases over the run"})
+    max_steps: int = field(default=300, metadata={"help": "optimizer steps (global_step) to train to"})
+    save_dir: str = field(default="runs/demo", metadata={"help": "checkpoints, TensorBoard logs and the resolved config go here"})
+    save_interval: int = field(default=100, metadata={"help": "steps between checkpoints (and one at the end)"})
+    keep_last: int = field(default=3, metadata={"help": "complete checkpoints kept; older ones are deleted"})
+    resume: str = field(default="auto", metadata={"help": "auto (newest complete checkpoint in save_dir, if any) | none | a checkpoint directory"})
+    eval_interval: int = field(default=100, metadata={"help": "steps between evaluations on the held-out shards (0: only at the end)"})
+    eval_batches: int = field(default=8, metadata={"help": "micro batches per rank per evaluation"})
+    log_interval: int = field(default=10, metadata={"help": "steps between log lines / TensorBoard scalars"})
+    num_workers: int = field(default=1, metadata={"help": "data loader processes per rank (part of the data position)"})
+    reverse_complement: float = field(default=0.5, metadata={"help": "probability a window is read reverse-complemented"})
+    seed: int = field(default=0, metadata={"help": "seeds data order, masking, dropout and init"})
+    max_tokens: int = field(default=0, metadata={"help": "tokens per sequence incl. [CLS]/[SEP] (0: from the window length and tokenizer)"})
+    stop_at_step: int = field(default=0, metadata={"help": "save and exit at this global step (0: run to max_steps); the LR and masking schedules still follow max_steps. For job slots shorter than the run"})
+    progress: bool = field(default=True, metadata={"help": "tqdm progress bar on rank 0"})
+
+    def __post_init__(self):
+        if self.masking not in POLICIES:
+            raise InputError(f"--masking must be one of {', '.join(POLICIES)}, got {self.masking!r}")
+        if self.max_steps < 1 or self.save_interval < 1 or self.log_interval < 1:
+            raise InputError("--max_steps, --save_interval and --log_interval must be >= 1")
+        if self.model not in PRESETS:
+            raise InputError(f"--model {self.model!r} is not a preset; choose from {', '.join(PRESETS)}")
+
+    def masking_config(self) -> MaskingConfig:
+        return MaskingConfig(policy=self.masking, mask_ratio=self.mask_ratio, max_boundary=self.max_boundary or None, phases=self.mask_phases)
+
+
+# --------------------------------------------------------------------------------------------------
+# DeepSpeed config
+# --------------------------------------------------------------------------------------------------
+
+
+def load_ds_config(path: str, max_steps: int) -> dict:
+    """Read the DeepSpeed JSON and resolve the two "auto" schedule lengths from --max_steps.
+
+    Only the scheduler's total_num_steps (-> max_steps) and warmup_num_steps (-> 5% of max_steps) may be
+    "auto"; everything else is DeepSpeed's to validate.
+    """
+    p = Path(path)
+    cfg = read_json(p, "DeepSpeed config")
+    if not isinstance(cfg, dict):
+        raise InputError(f"{p}: a DeepSpeed config is a JSON object, not {type(cfg).__name__}")
+    if "train_micro_batch_size_per_gpu" not in cfg:
+        raise InputError(f"{p}: set train_micro_batch_size_per_gpu (megadna reads it to plan the data per rank)")
+    params = cfg.get("scheduler", {}).get("params", {})
+    if params.get("total_num_steps") == "auto":
+        params["total_num_steps"] = max_steps
+    if params.get("warmup_num_steps") == "auto":
+        params["warmup_num_steps"] = max(1, round(0.05 * max_steps))
+    if cfg.get("train_batch_size") == "auto":
+        del cfg["train_batch_size"]  # DeepSpeed derives it from micro batch x accumulation x world size
+    return cfg
+
+
+def precision(ds_cfg: dict) -> str:
+    if ds_cfg.get("bf16", {}).get("enabled"):
+        return "bf16"
+    if ds_cfg.get("fp16", {}).get("enabled"):
+        return "fp16"
+    return "fp32"

@@ -1,0 +1,330 @@
+"""Pre-training: shards -> tokens -> on-device masking -> BERT -> DeepSpeed (ZeRO, bf16) -> checkpoints.
+
+    trainer = Trainer(cfg, "ds_configs/z2.json")   # set-up: distributed, data, model, engine, resume
+    summary = trainer.fit()                         # train_step / evaluate / save until max_steps
+
+Everything random is a function of (seed, global_step, rank): masking through `apply_masking`, dropout
+by re-seeding torch at every step, and the data by its position (batches consumed), so a resumed run
+equals an uninterrupted one. The DeepSpeed JSON owns batch, precision, optimizer, schedule and ZeRO;
+`TrainConfig` owns the rest (megadna.train.config).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import signal
+import time
+from pathlib import Path
+
+import torch
+
+from megadna import rundir as ckpt
+from megadna.data.demo import build_demo_shards
+from megadna.data.shards import read_manifest
+from megadna.data.stream import StreamConfig, WindowStream, make_loader
+from megadna.errors import InputError
+from megadna.jsonfile import write_json
+from megadna.masking import apply_masking
+from megadna.model import BertForMLM, model_config
+from megadna.rundir import RunDir
+from megadna.tokenizers import get_tokenizer, load_tokenizer
+from megadna.train import distributed
+from megadna.train.config import TrainConfig, load_ds_config, precision
+from megadna.train.logger import RunLogger, StepResult, Throughput
+from megadna.train.metrics import Meter, peak_flops
+
+log = logging.getLogger("megadna.train")
+
+EVAL_SEED_OFFSET = 7919  # held-out masks use seed + this at global_step 0: the same positions every eval
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+def sequence_tokens(tokenizer, window_bp: int, max_positions: int, requested: int) -> int:
+    """Tokens per sequence including [CLS] and [SEP]."""
+    if requested:
+        n = requested
+    else:
+        per_window = tokenizer.num_tokens(window_bp)
+        n = per_window + 2 if per_window is not None else max_positions
+    if n > max_positions:
+        raise InputError(f"{n} tokens per sequence exceed the model's {max_positions} positions: use shorter windows (--window in make_shards) or --max_tokens")
+    return n
+
+
+def _seed_everything(seed: int, step: int, rank: int) -> None:
+    # Dropout draws from torch's global RNG: re-seeding it from (seed, step, rank) at every step makes
+    # it a function of the step, so a resumed run draws exactly what the uninterrupted one drew.
+    torch.manual_seed((seed * 1_000_003 + step * 10_007 + rank) % (2**63 - 1))
+
+
+class _Preemption:
+    """SIGTERM/SIGINT set a flag; the loop saves a checkpoint at the end of the step and exits."""
+
+    def __init__(self):
+        self.requested = False
+        self._old = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+    def _handle(self, signum, frame):
+        self.requested = True
+
+    def restore(self):
+        for sig, h in self._old.items():
+            signal.signal(sig, h)
+
+
+@torch.no_grad()
+def to_device(batch: dict, device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Token ids and attention mask on the device. The mask is dropped when nothing is padded, decided
+    on the host copy for free: no mask keeps SDPA's flash path and spares the model a device sync to find
+    out (genome windows of a k-mer tokenizer are never padded)."""
+    ids = batch["input_ids"].to(device, non_blocking=True)
+    attn = None if batch["attention_mask"].all() else batch["attention_mask"].to(device, non_blocking=True)
+    return ids, attn
+
+
+class Trainer:
+    """One pre-training run. `__init__` sets up, `fit` runs; `train_step`, `evaluate` and `save` are
+    the pieces `fit` calls. Attributes after set-up: engine, tokenizer, stream, val_stream, step,
+    batches_consumed (the data position per rank), resolved (the config saved beside checkpoints)."""
+
+    def __init__(self, cfg: TrainConfig, ds_config_path: str):
+        import deepspeed
+
+        distributed.init()  # deepspeed.init_distributed with a bounded rendezvous and collective timeout
+        self.cfg = cfg
+        self.rank, self.world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+        self.is_main = self.rank == 0
+        self.run = RunDir(cfg.save_dir)
+        distributed.check_shared_dir(self.run.root, "--save_dir")
+        torch.manual_seed(cfg.seed)  # model init: identical on every rank
+        self.ds_cfg = load_ds_config(ds_config_path, cfg.max_steps)
+        self.micro = int(self.ds_cfg["train_micro_batch_size_per_gpu"])
+        self.accum = int(self.ds_cfg.get("gradient_accumulation_steps", 1))
+        self.resume_dir = ckpt.resolve_resume(cfg.resume, self.run.checkpoints)
+        self.resume_meta = ckpt.read_meta(self.resume_dir) if self.resume_dir else None
+        self._setup_data_and_model()
+        model = BertForMLM(self.mcfg)
+        self.flops_per_token = model.flops_per_token(self.max_tokens)
+        self.engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=[p for p in model.parameters() if p.requires_grad], config=self.ds_cfg)
+        self.device = self.engine.device
+        self.step, self.batches_consumed = self._load_resume_state()
+        self._setup_streams()
+        self.resolved = self._resolved_config()
+        if self.is_main:
+            self.run.root.mkdir(parents=True, exist_ok=True)
+            print("resolved config:\n" + json.dumps(self.resolved, indent=1), flush=True)
+            write_json(self.run.config, self.resolved)
+            if self.resume_dir:
+                print(f"resuming from {self.resume_dir} at global_step {self.step} (batches consumed per rank: {self.batches_consumed})", flush=True)
+
+    # -- set-up ------------------------------------------------------------------------------------
+
+    def _setup_data_and_model(self) -> None:
+        """Shards, tokenizer, model shape, sequence length and masking; checked equal on every rank."""
+        cfg = self.cfg
+        self.data_dir = Path(cfg.data) if cfg.data else self._demo_data()
+        self.manifest = read_manifest(self.data_dir)
+        distributed.check_consistent(self.manifest, "data manifest", hint=f"{self.data_dir} differs between nodes: give every node the same shards (tools/make_shards.py --verify)")
+        # On resume the tokenizer comes from the checkpoint (a BPE directory may have moved since).
+        self.tokenizer = load_tokenizer(self.resume_dir / ckpt.TOKENIZER_DIR) if self.resume_dir else get_tokenizer(cfg.tokenizer)
+        self.mcfg = model_config(cfg.model, vocab_size=self.tokenizer.vocab_size)
+        self.max_tokens = sequence_tokens(self.tokenizer, self.manifest["window_config"]["window"], self.mcfg.max_position_embeddings, cfg.max_tokens)
+        self.masking = cfg.masking_config()
+        # A span of m tokens hides m - k + 1 bases only for overlapping k-mers; other tokenizers span from 1.
+        self.span_k = self.tokenizer.k if self.tokenizer.overlapping else 1
+        distributed.check_consistent(
+            {"train": dataclasses.asdict(cfg), "deepspeed": self.ds_cfg, "tokenizer": self.tokenizer.to_dict() | {"vocab": self.tokenizer.vocab},
+             "model": self.mcfg.to_dict(), "max_tokens": self.max_tokens, "world_size": self.world, "resume": self.resume_meta},
+            "resolved config", hint="launch every node with the same arguments, DeepSpeed config, tokenizer and --save_dir",
+        )
+
+    def _demo_data(self) -> Path:
+        """Rank 0 builds the demo shards once; the others wait for them."""
+        if self.is_main:
+            build_demo_shards(self.run.demo_data)
+        torch.distributed.barrier()
+        return self.run.demo_data / "shards"
+
+    def _load_resume_state(self) -> tuple[int, int]:
+        """(global_step, batches consumed per rank): zeros for a new run, the checkpoint's on resume."""
+        if not self.resume_dir:
+            return 0, 0
+        meta = self.resume_meta
+        _check_resumable(meta, self.world, self.cfg, self.micro, self.resume_dir)
+        _, client = self.engine.load_checkpoint(str(self.resume_dir.parent), tag=self.resume_dir.name, load_optimizer_states=True, load_lr_scheduler_states=True)
+        if client is None:
+            raise InputError(f"{self.resume_dir}: DeepSpeed could not load this checkpoint")
+        return meta["global_step"], meta["batches_consumed"]
+
+    def _setup_streams(self) -> None:
+        cfg = self.cfg
+        stream_cfg = StreamConfig(split="train", micro_batch=self.micro, num_workers=cfg.num_workers, seed=cfg.seed, reverse_complement=cfg.reverse_complement)
+        self.stream = WindowStream(self.data_dir, stream_cfg, rank=self.rank, world_size=self.world, tokenizer=self.tokenizer, max_tokens=self.max_tokens, start_batch=self.batches_consumed)
+        # The held-out stream is built once; each evaluation restarts it at its first batch.
+        self.val_stream = None
+        if self.manifest["splits"]["val"]["shards"]:
+            val_cfg = StreamConfig(split="val", micro_batch=self.micro, num_workers=0, seed=cfg.seed, shuffle=False)
+            self.val_stream = WindowStream(self.data_dir, val_cfg, rank=self.rank, world_size=self.world, tokenizer=self.tokenizer, max_tokens=self.max_tokens)
+
+    def _resolved_config(self) -> dict:
+        return {
+            "train": dataclasses.asdict(self.cfg) | {"data": str(self.data_dir)},
+            "masking": self.masking.to_dict(),
+            "model": self.mcfg.to_dict(),
+            "tokenizer": self.tokenizer.to_dict(),
+            "deepspeed": self.ds_cfg,
+            "world_size": self.world,
+            "max_tokens": self.max_tokens,
+            "data_manifest": {k: self.manifest[k] for k in ("window_config", "totals")},
+        }
+
+    # -- the loop ----------------------------------------------------------------------------------
+
+    def fit(self) -> dict:
+        """Train from the current step to max_steps (or stop_at_step); returns the run's summary."""
+        cfg = self.cfg
+        end_step = min(cfg.max_steps, cfg.stop_at_step) if cfg.stop_at_step else cfg.max_steps
+        self.logger = RunLogger(self.run, self.step, cfg.max_steps, self.is_main, cfg.progress)
+        self.meter, self.preempt = Meter(), _Preemption()
+        self.loader = iter(make_loader(self.stream, pin_memory=self.device.type == "cuda"))
+        self.peak = peak_flops(torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu", precision(self.ds_cfg))
+        summary, losses = {"start_step": self.step}, []
+        try:
+            while self.step < end_step:
+                r = self.train_step()
+                losses.append(r.loss)
+                self.logger.record(r)
+                if self.step % cfg.log_interval == 0 or self.step == cfg.max_steps:
+                    summary.update(self._log(r))
+                if cfg.eval_interval and self.step % cfg.eval_interval == 0 and self.step < cfg.max_steps:
+                    summary["eval"] = self.evaluate()
+                if r.stop_requested:
+                    log.warning("preemption signal: saving at global_step %d and exiting", self.step)
+                    self.save()
+                    summary["preempted"] = True
+                    break
+                if self.step % cfg.save_interval == 0 or self.step == end_step:
+                    self.save()
+            if not summary.get("preempted") and self.step == cfg.max_steps:
+                summary["eval"] = self.evaluate()
+        finally:
+            self.close()
+        summary.update(final_step=self.step, losses=losses, batches_consumed=self.batches_consumed)
+        if self.is_main:
+            write_json(self.run.summary, {k: v for k, v in summary.items() if k != "losses"} | {"last_losses": losses[-10:]})
+        return summary
+
+    def train_step(self) -> StepResult:
+        """One optimizer step over `accum` micro batches. One all_reduce per step carries the logged
+        figures and the stop flag, so every rank takes the same decision (a rank that stopped alone
+        would hang the others)."""
+        cfg, step = self.cfg, self.step
+        _seed_everything(cfg.seed, step, self.rank)
+        sums = {"loss": 0.0, "n_masked": 0, "n_correct": 0, "mask_ratio": 0.0}
+        totals = torch.zeros(len(sums) + 1, device=self.device)
+        for micro_step in range(self.accum):
+            t0 = time.perf_counter()
+            batch = next(self.loader)
+            self.meter.data_wait += time.perf_counter() - t0
+            ids, attn = to_device(batch, self.device)
+            masked, labels, mstats = apply_masking(
+                ids, cfg=self.masking, k=self.span_k, global_step=step, seed=cfg.seed, rank=self.rank, micro_step=micro_step,
+                total_steps=cfg.max_steps, vocab_size=self.tokenizer.vocab_size,
+            )
+            out = self.engine(masked, attention_mask=attn, labels=labels)
+            self.engine.backward(out["loss"])
+            totals[:4] += torch.stack([out["loss"].detach().float(), out["n_masked"].float(), out["n_correct"].float(), mstats["mask_ratio"].float()])
+            self.meter.tokens += ids.numel()  # padded positions are computed, so they count
+            if micro_step == self.accum - 1:
+                totals[4] = float(self.preempt.requested)
+                torch.distributed.all_reduce(totals)
+                loss_sum, n_masked, n_correct, ratio_sum, stops = totals.tolist()
+                loss = loss_sum / (self.accum * self.world)
+                if not math.isfinite(loss):
+                    raise NonFiniteLoss(f"loss is {loss} at global_step {step}; weights were not updated by this step and the last complete checkpoint is intact")
+            self.engine.step()
+        self.step += 1
+        self.batches_consumed += self.accum
+        self.meter.steps += 1
+        lr = self.engine.get_lr()[0] if self.engine.get_lr() else 0.0
+        return StepResult(step=self.step, loss=loss, mlm_accuracy=n_correct / max(n_masked, 1), mask_ratio=ratio_sum / (self.accum * self.world),
+                          mask_boundary=int(mstats["mask_boundary"]), lr=lr, stop_requested=stops > 0)
+
+    def _log(self, r: StepResult) -> dict:
+        window = self.meter.window()
+        tokens_per_s = window["tokens_per_s"] * self.world
+        mfu = tokens_per_s * self.flops_per_token / (self.peak * self.world) if self.peak else None
+        gnorm = self.engine.get_global_grad_norm()
+        t = Throughput(tokens_per_s=tokens_per_s, mfu=mfu, data_wait_share=window["data_wait_share"],
+                       seconds_per_step=window["seconds"] / max(1, window["steps"]), grad_norm=float(gnorm) if gnorm is not None else float("nan"))
+        self.logger.log(r, t, self.batches_consumed)
+        return {"tokens_per_s": tokens_per_s, "mfu": mfu}
+
+    @torch.no_grad()
+    def evaluate(self) -> dict:
+        """MLM loss and accuracy on the held-out shards. The mask is drawn as at global_step 0 with a fixed
+        seed, so evaluations along a run (and across runs) score the same masked positions."""
+        if self.val_stream is None:
+            return {}
+        n = min(self.cfg.eval_batches, self.val_stream.plan.batches_per_rank)
+        self.engine.eval()
+        totals = torch.zeros(3, device=self.device)  # loss x masked, masked, correct
+        batches = self.val_stream.batches(0, 0)
+        for i in range(n):
+            ids, attn = to_device(next(batches), self.device)
+            masked, labels, _ = apply_masking(ids, cfg=self.masking, k=self.span_k, global_step=0, seed=self.cfg.seed + EVAL_SEED_OFFSET, rank=self.rank,
+                                              micro_step=i, total_steps=self.cfg.max_steps, vocab_size=self.tokenizer.vocab_size)
+            out = self.engine(masked, attention_mask=attn, labels=labels)
+            totals += torch.stack([out["loss"].float() * out["n_masked"], out["n_masked"].float(), out["n_correct"].float()])
+        self.engine.train()
+        torch.distributed.all_reduce(totals)
+        loss_x_masked, n_masked, n_correct = totals.tolist()
+        result = {"step": self.step, "eval_loss": loss_x_masked / n_masked, "eval_mlm_accuracy": n_correct / n_masked}
+        self.logger.eval(result)
+        return result
+
+    def save(self) -> Path:
+        """Every rank writes its part through DeepSpeed; rank 0 marks the checkpoint complete last."""
+        d = self.run.checkpoint(self.step)
+        weights = distributed.check_replicas(self.engine.module)  # every rank holds the same weights, or stop before saving
+        self.engine.save_checkpoint(str(self.run.checkpoints), tag=d.name, client_state={"global_step": self.step, "batches_consumed": self.batches_consumed})
+        torch.distributed.barrier()  # every rank's shard of the state is on disk before the marker
+        if self.is_main:
+            self.tokenizer.save(d / ckpt.TOKENIZER_DIR)
+            write_json(d / ckpt.CONFIG, self.resolved)
+            ckpt.write_meta(d, {
+                "global_step": self.step, "batches_consumed": self.batches_consumed, "world_size": self.world, "num_workers": self.cfg.num_workers,
+                "micro_batch": self.micro, "seed": self.cfg.seed, "tokenizer": self.tokenizer.to_dict(), "model": self.resolved["model"], "weights_sha256": weights,
+            })
+            ckpt.prune(self.run.checkpoints, self.cfg.keep_last)
+        torch.distributed.barrier()
+        return d
+
+    def close(self) -> None:
+        # The loader's worker processes ignore SIGTERM: shut them down here, not at interpreter exit (where it would hang).
+        self.loader = None
+        self.preempt.restore()
+        self.logger.close()
+
+
+def _check_resumable(meta: dict, world: int, cfg: TrainConfig, micro: int, resume_dir: Path) -> None:
+    """The data position is only exact for the same world size, workers and micro batch: refuse otherwise."""
+    want = {"world_size": world, "num_workers": cfg.num_workers, "micro_batch": micro, "seed": cfg.seed}
+    diff = {k: (meta.get(k), v) for k, v in want.items() if meta.get(k) != v}
+    if diff:
+        detail = ", ".join(f"{k}: checkpoint {a}, now {b}" for k, (a, b) in diff.items())
+        raise InputError(
+            f"{resume_dir}: cannot resume exactly ({detail}). Resume with the same settings, or start a new run "
+            f"(--resume none, a new --save_dir). See docs/MULTINODE.md on changing the world size."
+        )
+
+
+def train(cfg: TrainConfig, ds_config_path: str) -> dict:
+    """Run (or resume) pre-training. Returns a summary dict (final step, losses, eval, throughput)."""
+    return Trainer(cfg, ds_config_path).fit()
