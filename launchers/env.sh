@@ -42,12 +42,18 @@ export NCCL_DEBUG=${NCCL_DEBUG:-WARN}
 # training set cores per node / ranks per node.
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-4}
 
-# --- Tools ------------------------------------------------------------------------------------------
-# The Python that has megadna installed, and its deepspeed launcher (an activated venv provides both).
-MEGADNA_PYTHON=${MEGADNA_PYTHON:-python}
-DEEPSPEED=${DEEPSPEED:-deepspeed}
+# --- Stopping ---------------------------------------------------------------------------------------
+# SIGTERM/SIGINT to a launcher (node.sh, multinode.sh, slurm.sbatch) is passed on to the ranks, and the
+# launcher waits for them however long their checkpoint save takes (under SLURM, the --signal lead
+# time bounds it). Only when a rank FAILS are its siblings on that node sent SIGTERM and, this many
+# seconds later, SIGKILL.
+export MEGADNA_KILL_GRACE_S=${MEGADNA_KILL_GRACE_S:-30}
 
-# Variables the other nodes must see too. With --no_ssh (node.sh, slurm.sbatch) every node sources this
-# file itself; over pdsh (multinode.sh) DeepSpeed forwards only NCCL*/PYTHON*/UCX*/MV2*/MLFLOW* by
-# itself, so multinode.sh writes these into a DS_ENV_FILE that its runner forwards.
-MEGADNA_EXPORT_VARS="MEGADNA_DIST_TIMEOUT_S OMP_NUM_THREADS GLOO_SOCKET_IFNAME TORCH_NCCL_ASYNC_ERROR_HANDLING TORCH_NCCL_BLOCKING_WAIT MEGADNA_SHARED_DATA"
+# --- Tools ------------------------------------------------------------------------------------------
+# The Python that has megadna (and DeepSpeed) installed; an activated venv provides it.
+MEGADNA_PYTHON=${MEGADNA_PYTHON:-python}
+
+# Variables the other nodes must see too. With node.sh and slurm.sbatch every node sources this file
+# itself; over pdsh (multinode.sh) they are exported in the command each host runs, with MASTER_PORT and
+# any NCCL*/PYTHON*/UCX*/MV2*/MLFLOW* variable.
+MEGADNA_EXPORT_VARS="MEGADNA_DIST_TIMEOUT_S MEGADNA_KILL_GRACE_S OMP_NUM_THREADS GLOO_SOCKET_IFNAME TORCH_NCCL_ASYNC_ERROR_HANDLING TORCH_NCCL_BLOCKING_WAIT MEGADNA_SHARED_DATA"

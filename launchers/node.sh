@@ -8,16 +8,18 @@
 # host of the hostfile) and the same arguments; only NODE_RANK differs (0 .. nodes-1, hostfile order).
 #   node 0:  launchers/node.sh hostfile 0 10.0.0.1 --deepspeed_config ds_configs/z2.json --data /shared/shards --save_dir /shared/runs/hg38
 #   node 1:  launchers/node.sh hostfile 1 10.0.0.1 --deepspeed_config ds_configs/z2.json --data /shared/shards --save_dir /shared/runs/hg38
-# It checks the hostfile, then runs `deepspeed --hostfile HOSTFILE --no_ssh --node_rank NODE_RANK ...`,
-# which starts one rank per slot of this node's line. Environment: launchers/env.sh (MASTER_PORT,
-# MEGADNA_DIST_TIMEOUT_S, interfaces, ...). MEGADNA_SCRIPT runs another entry point (default pretrain.py).
+# It checks the hostfile, then starts one rank per slot of this node's line (python -m
+# megadna.cli.node_launch: the environment DeepSpeed's launcher gives a rank, RANK, LOCAL_RANK,
+# WORLD_SIZE, MASTER_ADDR, ..., and --local_rank) and waits for them. Environment: launchers/env.sh
+# (MASTER_PORT, MEGADNA_DIST_TIMEOUT_S, interfaces, ...). MEGADNA_SCRIPT runs another entry point
+# (default pretrain.py).
 #
-# Signals: SIGTERM (SLURM before the time limit, preemption, or `kill -TERM -<pgid>` by hand) must reach
-# the training ranks, which save a checkpoint and exit, while the launchers above them stay alive to
-# collect the exit status. DeepSpeed's runner has no SIGTERM handler in --no_ssh mode and would die at
-# once, orphaning the ranks (and, under SLURM, the end of the task kills what is left). So this script
-# and the runner ignore SIGTERM/SIGINT; DeepSpeed's per-node launch.py installs its own handler, which
-# passes SIGTERM to the ranks and SIGKILLs any still running 30 s later.
+# Signals and exit code: SIGTERM or SIGINT (SLURM before the time limit, preemption, `kill -TERM
+# -<pgid>` by hand) is passed on to the ranks, which save a checkpoint and exit; this script waits for
+# them and exits with their code: 0 after a clean preemption save, else the first failing rank's code
+# (a failing rank's siblings get SIGTERM, then SIGKILL after MEGADNA_KILL_GRACE_S, default 30 s).
+# It does not go through DeepSpeed's runner/launcher, which exit 1 (the runner at once) on SIGTERM and
+# SIGKILL ranks still saving 30 s later.
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(dirname "$HERE")
@@ -34,6 +36,5 @@ SCRIPT=${MEGADNA_SCRIPT:-$ROOT/launchers/pretrain.py}
 "$MEGADNA_PYTHON" "$ROOT/tools/check_hostfile.py" "$HOSTFILE" --node_rank "$NODE_RANK"
 echo "node.sh: node rank $NODE_RANK, master $MASTER_ADDR:$MASTER_PORT, $MEGADNA_DIST_TIMEOUT_S s rendezvous/collective timeout" >&2
 
-trap '' TERM INT  # inherited as "ignored" by the runner; see the header
-exec "$DEEPSPEED" --hostfile "$HOSTFILE" --no_ssh --node_rank "$NODE_RANK" \
-    --master_addr "$MASTER_ADDR" --master_port "$MASTER_PORT" "$SCRIPT" "$@"
+# exec: the launcher takes this process's place, so a signal for this script reaches it directly.
+exec "$MEGADNA_PYTHON" -m megadna.cli.node_launch "$HOSTFILE" "$NODE_RANK" "$MASTER_ADDR" "$MASTER_PORT" "$SCRIPT" "$@"

@@ -11,10 +11,13 @@ markers) where "missing or unreadable" means "start again".
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 
 from megadna.errors import InputError
+
+log = logging.getLogger(__name__)
 
 
 def write_text(path: str | Path, text: str) -> Path:
@@ -63,14 +66,24 @@ def read_versioned_json(path: str | Path, fmt: str) -> dict:
     return obj
 
 
-def read_jsonl(path: str | Path) -> list[dict]:
-    """One JSON object per line (blank lines skipped); a malformed line is an InputError naming it."""
+def read_jsonl(path: str | Path, *, allow_torn_tail: bool = False) -> list[dict]:
+    """One JSON value per line (blank lines skipped); a malformed line is an InputError naming it.
+
+    `allow_torn_tail`: for an append-only log that a crash can cut mid-line, a malformed LAST line is
+    dropped with a warning instead (malformed lines before it are still errors).
+    """
+    lines = Path(path).read_bytes().splitlines()
+    last = max((i for i, raw in enumerate(lines) if raw.strip()), default=-1)
     out = []
-    for lineno, line in enumerate(Path(path).read_text().splitlines(), 1):
-        if not line.strip():
+    for i, raw in enumerate(lines):
+        if not raw.strip():
             continue
         try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError as e:
-            raise InputError(f"{path}, line {lineno}: not valid JSON: {e.msg}") from None
+            out.append(json.loads(raw.decode("utf-8")))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            msg = e.msg if isinstance(e, json.JSONDecodeError) else "not UTF-8 text"
+            if allow_torn_tail and i == last:
+                log.warning("%s, line %d: dropped an incomplete last line (%s), as left by a crash mid-write", path, i + 1, msg)
+                break
+            raise InputError(f"{path}, line {i + 1}: not valid JSON: {msg}") from None
     return out

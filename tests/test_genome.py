@@ -185,6 +185,38 @@ def test_same_names_in_different_genomes_are_told_apart_by_source(shared_data, t
     assert {w.source for w in windows} == {str(ce), str(dm)}
 
 
+def _two_genomes(tmp_path) -> tuple[Path, Path]:
+    """Two small genomes that both have a chrX (and, with a colon in it, an HLA-style name)."""
+    (tmp_path / "a").mkdir()
+    a = _write(tmp_path / "a" / "genome.fa", b">chrX\n" + b"ACGT" * 50 + b"\n>chr1\n" + b"GGCC" * 50 + b"\n>HLA:01\n" + b"AC" * 100 + b"\n")
+    b = _write(tmp_path / "b.fa.gz", b">chrX\n" + b"TTGA" * 50 + b"\n>chr2\n" + b"CATG" * 50 + b"\n")
+    return a, b
+
+
+def test_val_contigs_file_colon_name_picks_one_files_contig(tmp_path):
+    a, b = _two_genomes(tmp_path)
+    cfg = WindowConfig(window=100, stride=100, val_contigs=("b.fa.gz:chrX", "HLA:01"))
+    val = {(w.source, w.contig) for w in iter_windows([a, b], cfg) if w.split == "val"}
+    assert val == {(str(b), "chrX"), (str(a), "HLA:01")}  # a name with a colon and no file part stays a name
+    # The path as given works too, and lists both files' contigs when both are wanted.
+    cfg = WindowConfig(window=100, stride=100, val_contigs=(f"{a}:chrX", "b.fa.gz:chrX"))
+    assert {w.source for w in iter_windows([a, b], cfg) if w.split == "val"} == {str(a), str(b)}
+
+
+def test_val_contigs_bare_name_in_several_files_is_an_error(tmp_path):
+    a, b = _two_genomes(tmp_path)
+    with pytest.raises(InputError, match=r"'chrX'.*genome\.fa and .*b\.fa\.gz.*FILE:NAME.*genome\.fa:chrX or b\.fa\.gz:chrX"):
+        list(iter_windows([a, b], WindowConfig(window=100, stride=100, val_contigs=("chrX",))))
+    # A bare name found in one file only is still that contig.
+    assert {w.contig for w in iter_windows([a, b], WindowConfig(window=100, stride=100, val_contigs=("chr2",))) if w.split == "val"} == {"chr2"}
+
+
+def test_val_contigs_file_colon_name_missing_from_that_file(tmp_path):
+    a, b = _two_genomes(tmp_path)
+    with pytest.raises(InputError, match=r"\['genome\.fa:chr2'\] are in none"):
+        list(iter_windows([a, b], WindowConfig(window=100, stride=100, val_contigs=("genome.fa:chr2",))))
+
+
 def test_the_same_file_twice_is_an_error(shared_data):
     a = shared_data / "genomes" / "A.thaliana.fa.gz"
     with pytest.raises(InputError, match=r"A\.thaliana\.fa\.gz: given twice"):

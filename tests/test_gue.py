@@ -69,7 +69,7 @@ def _check_reported_metrics_against_saved_predictions(out: Path, results: dict, 
         mccs = []
         for seed in results["seeds"]:
             task, dataset = name.split("/")
-            index, labels, preds, probs = _read_predictions(out / "predictions" / f"{task}__{dataset}__seed{seed}.csv")
+            index, labels, preds, probs = _read_predictions(out / "predictions" / f"{task}__{dataset}__n64__seed{seed}.csv")
             assert len(index) == n_test and len(set(index)) == n_test
             # index is the row in test.csv: the saved label is that row's label
             assert labels.tolist() == [int(test_rows[i][1]) for i in index]
@@ -79,7 +79,7 @@ def _check_reported_metrics_against_saved_predictions(out: Path, results: dict, 
             assert reported["f1"] == pytest.approx(100 * f1_score(labels, preds, average="macro", zero_division=0), abs=1e-9)
             assert reported["accuracy"] == pytest.approx(100 * accuracy_score(labels, preds), abs=1e-9)
             mccs.append(reported["mcc"])
-            assert (out / "runs" / f"{task}__{dataset}__seed{seed}.json").is_file()
+            assert (out / "runs" / f"{task}__{dataset}__n64__seed{seed}.json").is_file()
         assert row["mcc_mean"] == pytest.approx(np.mean(mccs))
         assert row["mcc_std"] == pytest.approx(np.std(mccs, ddof=1) if len(mccs) > 1 else 0.0)
         all_mccs += mccs
@@ -145,9 +145,9 @@ def test_restart_skips_finished_runs_and_refuses_a_changed_config(real_run, monk
     assert again["datasets"] == results["datasets"]
 
     # an interrupted run: one (dataset, seed) without its completion marker is redone, alone
-    (out / "runs" / "tf__0__seed43.json").unlink()
+    (out / "runs" / "tf__0__n64__seed43.json").unlink()
     redone = run_gue(cfg)
-    assert calls == ["tf/0 seed 43"]
+    assert calls == ["tf/0 n=64 seed 43 lr 0.002"]
     tf0 = next(r for r in redone["datasets"] if r["name"] == "tf/0")
     assert tf0["per_seed"]["43"]["mcc"] == pytest.approx(results["datasets"][2]["per_seed"]["43"]["mcc"])  # deterministic
 
@@ -212,6 +212,59 @@ def test_bad_csv_errors_name_file_and_line(tmp_path, text, message):
     assert str(path) in str(e.value)
 
 
+@pytest.mark.parametrize("label", ["\u0663", "\uff11", "\u00b2", "1\u0660"])
+def test_labels_are_ascii_digits_only(tmp_path, label):
+    """\\d, str.isdigit and int() accept Arabic-Indic, full-width and superscript digits: a label is 0-9 only."""
+    path = _write(tmp_path / "train.csv", f"sequence,label\nACGT,0\nACGT,{label}\n")
+    with pytest.raises(InputError, match=r"line 3: label .* is not a non-negative integer \(ASCII digits 0-9\)"):
+        read_split(path)
+
+
+def test_a_huge_label_is_refused_before_it_overflows(tmp_path):
+    path = _write(tmp_path / "train.csv", "sequence,label\nACGT,0\nACGT,99999999999999999999999\n")
+    with pytest.raises(InputError, match=r"train\.csv, line 3: label 99999999999999999999999 is not a class number"):
+        read_split(path)
+
+
+def test_non_utf8_error_names_the_line_and_the_byte_in_it(tmp_path):
+    """The reader decodes in chunks, so the codec's offset was not the file's; the line was not named."""
+    rows = "".join(f"{'ACGT' * 50},{i % 2}\n" for i in range(3000))  # ~600 kB: past any read buffer
+    path = tmp_path / "train.csv"
+    path.write_bytes(b"sequence,label\n" + rows.encode() + b"ACG\xffT,1\n")
+    with pytest.raises(InputError, match=r"train\.csv, line 3002, byte 4: not UTF-8 text \(invalid start byte, byte 0xff\)"):
+        read_split(path)
+
+
+def _dataset(root: Path, train: str, dev: str = "0\n1\n", test: str = "0\n1\n") -> Path:
+    for split, labels in (("train", train), ("dev", dev), ("test", test)):
+        rows = "".join(f"ACGTACGTAC,{x}\n" for x in labels.split())
+        _write(root / "tf" / "0" / f"{split}.csv", "sequence,label\n" + rows)
+    return root
+
+
+@pytest.mark.parametrize("train, dev, test, message", [
+    ("0 1 0 1", "0 1 2", "0 1", r"dev\.csv, line 4: label 2 never occurs in train\.csv \(classes 0\.\.1\)"),
+    ("0 1 0 1", "0 1", "1 100000", r"test\.csv, line 3: label 100000 never occurs in train\.csv"),
+    ("0 1 100000 1", "0 1", "0 1", r"train\.csv, line 4: label 100000, but class 2 never occurs in train\.csv"),
+    ("1 2 1 2", "1 2", "1 2", r"train\.csv, line 2: label 1, but class 0 never occurs in train\.csv"),
+    ("0 2 2 0", "0 2", "0 2", r"train\.csv, line 3: label 2, but class 1 never occurs"),
+    ("1 1 1", "1", "1", r"train\.csv, line 2: label 1, but class 0"),
+    ("0 0 0", "0", "0", r"train\.csv: every row has label 0; a classification task needs at least 2 classes"),
+])
+def test_classes_come_from_train_and_are_0_to_c_minus_1(tmp_path, train, dev, test, message):
+    """A label only in dev/test, or one of 100000, used to add empty classes silently (accuracy 0, exit 0)."""
+    _dataset(tmp_path, train, dev, test)
+    with pytest.raises(InputError, match=message):
+        gue_data.load_dataset(tmp_path, "tf/0", _quick(gue_dir=str(tmp_path), max_train_samples=0, max_eval_samples=0))
+
+
+def test_valid_labels_give_the_class_count(tmp_path):
+    _dataset(tmp_path, "2 0 1 1 0 2", "0 2", "1")
+    splits = gue_data.load_dataset(tmp_path, "tf/0", _quick(gue_dir=str(tmp_path), max_train_samples=0, max_eval_samples=0))
+    assert gue_data.check_labels(splits, tmp_path / "tf" / "0") == 3
+    assert splits["train"].labels.tolist() == [2, 0, 1, 1, 0, 2]
+
+
 def test_missing_split_and_unknown_dataset_are_clear(tmp_path, capsys):
     good = "sequence,label\nACGTACGTAC,0\nTTGACCATGA,1\n"
     _write(tmp_path / "GUE" / "tf" / "0" / "train.csv", good)
@@ -249,13 +302,13 @@ def test_recipe_follows_dnabert2_scripts_and_flags_override_it():
     cfg = GUEConfig(gue_dir="x", model="tiny", init="random", tokenizer="kmer6", epochs=1, max_steps=0)
     assert cfg.resolved_recipe("mouse/0") == Recipe(epochs=1, warmup_steps=30, eval_steps=200, max_steps=0)
     default = GUEConfig(gue_dir="x", model="run")
-    assert (default.lr, default.weight_decay, default.batch_size, default.seed_list()) == (3e-5, 0.01, 32, [42, 43, 44])
+    assert (default.lr_list(), default.weight_decay, default.batch_size, default.seed_list()) == ([3e-5], 0.01, 32, [42, 43, 44])
 
 
 @pytest.mark.parametrize("kwargs, message", [
     (dict(model="tiny", init="random"), "needs --tokenizer"),
-    (dict(model="runs/x", init="random", tokenizer="kmer6"), "takes a preset"),
-    (dict(model="runs/x", tokenizer="kmer6"), "for --init random only"),
+    (dict(model="runs/x", init="random", tokenizer="kmer6"), "--tokenizer is for --init random with a preset only"),
+    (dict(model="runs/x", tokenizer="kmer6"), "a model path brings its tokenizer"),
     (dict(model="runs/x", batch_size=32, micro_batch_size=5), "multiple of --micro_batch_size"),
     (dict(model="runs/x", seeds="42,x"), "comma-separated integers"),
 ])

@@ -1,14 +1,17 @@
 """Shards: what is written equals the genome, the manifest tells the truth, and the reader splits,
 orders and resumes exactly."""
 
-import logging
+import json
+import os
+import random
+import tarfile
 
 import pytest
 import torch
 
 from megadna.data.genome import WindowConfig, iter_windows, read_fasta
 from megadna.data.shard_writer import ShardConfig, write_shards
-from megadna.data.shards import MANIFEST, file_sha256, iter_shard, read_manifest, verify_shards
+from megadna.data.shards import MANIFEST, CorruptShard, file_sha256, iter_shard, read_manifest, verify_shards
 from megadna.data.stream import EpochPlan, StreamConfig, WindowStream, make_loader
 from megadna.errors import InputError
 
@@ -75,19 +78,90 @@ def test_writing_is_reproducible_and_refuses_to_clobber(shared_data, tmp_path):
     assert (tmp_path / "a" / MANIFEST).is_file()  # nothing already written was lost
 
 
-def test_a_crash_mid_write_leaves_no_manifest(shared_data, tmp_path, monkeypatch):
+def test_a_crash_mid_write_leaves_nothing_and_the_rerun_works(shared_data, tmp_path, monkeypatch):
     import megadna.data.shard_writer as shard_writer
 
     def boom(*a, **k):
         yield from iter_windows(*a, **k)
         raise RuntimeError("crash while windowing")
 
+    fasta, out = shared_data / "genomes" / "C.elegans.fa.gz", tmp_path / "s"
+    args = ([fasta], out, WindowConfig(window=300), ShardConfig(samples_per_shard=100, write_shuffle=0))
     monkeypatch.setattr(shard_writer, "iter_windows", boom)
     with pytest.raises(RuntimeError):
-        write_shards([shared_data / "genomes" / "C.elegans.fa.gz"], tmp_path / "s", WindowConfig(window=300), ShardConfig(samples_per_shard=100, write_shuffle=0))
-    assert not (tmp_path / "s" / MANIFEST).exists()
-    with pytest.raises(InputError, match="unfinished write"):
-        read_manifest(tmp_path / "s")
+        write_shards(*args)
+    assert list(tmp_path.iterdir()) == []  # no empty train/ val/, no temporary directory
+    monkeypatch.undo()
+    write_shards(*args)  # not refused as "not empty"
+    assert verify_shards(out) == []
+
+
+def _small_set(tmp_path, name="set", window=100, **shard_kw):
+    from megadna.data.synthetic import write_synthetic_fasta
+
+    fasta = tmp_path / "genome.fa.gz"
+    if not fasta.exists():
+        write_synthetic_fasta(fasta, n_contigs=2, length=3000, seed=1)
+    out = tmp_path / name
+    return fasta, out, write_shards([fasta], out, WindowConfig(window=window, stride=window, val_fraction=0.1), ShardConfig(**({"samples_per_shard": 20} | shard_kw)))
+
+
+def _set_state(out):
+    return {p.relative_to(out): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("bad", ["misspelled", "inside_out", "crash"])
+def test_overwrite_that_fails_keeps_the_old_set(tmp_path, monkeypatch, bad):
+    import megadna.data.shard_writer as shard_writer
+
+    fasta, out, _ = _small_set(tmp_path)
+    before = _set_state(out)
+    if bad == "misspelled":
+        inputs, error = [tmp_path / "genome.fa.gzz"], "no such FASTA file"
+    elif bad == "inside_out":
+        inputs, error = [out / "train" / "genome.fa.gz"], "inside the output directory"
+        (out / "train" / "genome.fa.gz").write_bytes(fasta.read_bytes())
+        before = _set_state(out)
+    else:
+        def boom(*a, **k):
+            yield from iter_windows(*a, **k)
+            raise RuntimeError("crash while windowing")
+
+        monkeypatch.setattr(shard_writer, "iter_windows", boom)
+        inputs, error = [fasta], "crash while windowing"
+    with pytest.raises((InputError, RuntimeError), match=error):
+        write_shards(inputs, out, WindowConfig(window=50, stride=50), overwrite=True)
+    assert _set_state(out) == before  # every byte of the old set (and the input inside it) is still there
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["genome.fa.gz", "set"]  # no temporary directories left
+
+
+def test_overwrite_swaps_in_the_new_set_whole(tmp_path):
+    fasta, out, old = _small_set(tmp_path)
+    new = write_shards([fasta], out, WindowConfig(window=50, stride=50), ShardConfig(samples_per_shard=30), overwrite=True)
+    assert read_manifest(out) == new != old and verify_shards(out) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["genome.fa.gz", "set"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o777 & ~umask  # the usual permissions, not the temporary directory's 0700
+    # --overwrite replaces a shard set, nothing else.
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(InputError, match=r"more than a shard set \(notes\.txt\)"):
+        write_shards([fasta], out, WindowConfig(window=50, stride=50), overwrite=True)
+    assert (out / "notes.txt").read_text() == "mine" and read_manifest(out) == new
+
+
+def test_make_shards_out_that_is_a_file_is_one_line(tmp_path, capsys):
+    from megadna.cli.make_shards import main
+
+    fasta, _, _ = _small_set(tmp_path)
+    out = tmp_path / "out.txt"
+    out.write_text("not a directory")
+    for argv in (["--fasta", str(fasta), "--out", str(out)], ["--fasta", str(fasta), "--out", str(out), "--overwrite"], ["--out", str(out), "--verify"]):
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and err.count("\n") == 1 and err.startswith(f"error: {out}") and "not a" in err, err
+    assert out.read_text() == "not a directory"
 
 
 def _stream(out, **kw):
@@ -158,7 +232,7 @@ def test_order_depends_on_seed_and_epoch(athal_shards):
     assert a == [s for s, _ in _stream(out, seed=1).slot_samples(0, 0)]
 
 
-def test_corrupt_shard_is_named_skipped_and_counts_hold(athal_shards, tmp_path, caplog):
+def test_corrupt_shard_is_an_error_naming_it_not_padding(athal_shards, tmp_path):
     import shutil
 
     _, out, _, _ = athal_shards
@@ -169,10 +243,9 @@ def test_corrupt_shard_is_named_skipped_and_counts_hold(athal_shards, tmp_path, 
     data = victim.read_bytes()
     victim.write_bytes(data[: len(data) // 2])  # truncated mid-gzip
     s = _stream(bad, micro_batch=4, shuffle=False)
-    with caplog.at_level(logging.WARNING):
-        samples = list(s.slot_samples(0, 0))
-    assert len(samples) == s.plan.samples_per_slot
-    assert victim.name in caplog.text and "corrupt or truncated" in caplog.text
+    with pytest.raises(CorruptShard, match=rf"{victim.name}: corrupt or truncated.*manifest") as e:
+        list(s.slot_samples(0, 0))
+    assert isinstance(e.value, InputError) and "\n" not in str(e.value)
     assert any(victim.name in p for p in verify_shards(bad))
 
 
@@ -225,3 +298,117 @@ def test_tar_member_matches_tarfile(tmp_path):
         members = tf.getmembers()
         assert [mm.name for mm in members] == ["w0000000001.seq.txt", "w0000000001.meta.json"]
         assert tf.extractfile(members[0]).read() == b"ACGT" * 100 and members[1].size == 2
+
+
+# ---------------------------------------------------------------- damage is named, never read silently
+
+
+def _read_all(path, expect=None, start=0, stop=None):
+    return list(iter_shard(path, start, stop, with_meta=True, expect=expect))
+
+
+def _flip_offsets(size: int, seed: int = 0) -> list[int]:
+    """Byte offsets to flip: the first and last 24 bytes (gzip header and trailer, tar end blocks) and a spread between."""
+    rng = random.Random(seed)
+    return sorted(set(range(min(24, size))) | set(range(max(0, size - 24), size)) | {rng.randrange(size) for _ in range(120)})
+
+
+@pytest.mark.parametrize("compress", [True, False])
+def test_every_single_bit_flip_is_named_or_harmless(tmp_path, compress):
+    """A flipped bit anywhere in a shard: read with its manifest entry (as the trainer reads) it is always
+    an error naming the shard; read without one, it is an error or, where the bit carries nothing (gzip
+    mtime, a flag nothing reads), byte-identical data; never a short or wrong read. Uncompressed member
+    data carries no checksum but the sha256: those flips are only checked with the manifest entry."""
+    _, out, m = _small_set(tmp_path, compress=compress, samples_per_shard=40)
+    entry = m["splits"]["train"]["shards"][0]
+    path = out / "train" / entry["name"]
+    good = path.read_bytes()
+    want, want_part = _read_all(path), _read_all(path, start=3, stop=9)
+    assert len(want) == entry["samples"] == 40
+    data_extents = []
+    if not compress:
+        with tarfile.open(path) as tf:
+            data_extents = [(mm.offset_data, mm.offset_data + mm.size) for mm in tf.getmembers()]
+    caught = 0
+    for offset in _flip_offsets(len(good)):
+        bit = 1 << (offset % 8)
+        path.write_bytes(good[:offset] + bytes([good[offset] ^ bit]) + good[offset + 1 :])
+        with pytest.raises(CorruptShard, match=rf"{entry['name']}: corrupt or truncated"):
+            _read_all(path, expect=entry, start=3, stop=9)
+        in_tar_data = any(a <= offset < b for a, b in data_extents)
+        for start, stop, ref in ((0, None, want), (3, 9, want_part)):
+            try:
+                got = _read_all(path, start=start, stop=stop)
+            except CorruptShard as e:
+                assert entry["name"] in str(e) and "\n" not in str(e)
+                caught += 1
+                continue
+            if not in_tar_data:
+                assert got == ref, f"flip at byte {offset} (bit {bit}) of {len(good)} read silently as different data"
+    assert caught > 0
+    path.write_bytes(good)
+    assert _read_all(path, expect=entry) == want
+
+
+def test_a_damaged_tar_header_is_not_the_end_of_the_archive(tmp_path):
+    _, out, m = _small_set(tmp_path, compress=False, samples_per_shard=40)
+    entry = m["splits"]["train"]["shards"][0]
+    path = out / "train" / entry["name"]
+    data = bytearray(path.read_bytes())
+    data[20 * 1024 * 2 + 148] ^= 0x01  # the checksum of sample 20's first header
+    path.write_bytes(bytes(data))
+    with pytest.raises(CorruptShard, match=r"at sample 20: tar header at byte 40960 .* fails its checksum"):
+        _read_all(path)
+    data[20 * 1024 * 2 + 148] ^= 0x01
+    data[20 * 1024 * 2 : 20 * 1024 * 2 + 512] = bytes(512)  # a zeroed header mid-archive
+    path.write_bytes(bytes(data))
+    with pytest.raises(CorruptShard, match=r"at sample 20: a zero block .* followed by data"):
+        _read_all(path)
+    path.write_bytes(bytes(data[: 20 * 1024 * 2]))  # cut cleanly after sample 19: no end-of-archive blocks
+    with pytest.raises(CorruptShard, match=r"at sample 20: the tar stream ends early, at byte 40960 \(truncated\)"):
+        _read_all(path)
+
+
+def test_the_manifest_sample_count_is_checked(tmp_path):
+    _, out, m = _small_set(tmp_path, samples_per_shard=40)
+    entry = m["splits"]["train"]["shards"][0]
+    path = out / "train" / entry["name"]
+    for n in (entry["samples"] - 1, entry["samples"] + 1):
+        with pytest.raises(CorruptShard, match=rf"holds {entry['samples']} samples, the manifest says {n}"):
+            _read_all(path, expect=entry | {"samples": n})
+    with pytest.raises(CorruptShard, match=r"holds 40 samples, samples up to 45 were asked for"):
+        _read_all(path, start=30, stop=45)
+    # The stream reads with the manifest's entries: a set whose manifest promises more than a shard holds.
+    manifest = json.loads((out / MANIFEST).read_text())
+    manifest["splits"]["train"]["shards"][0]["samples"] += 8
+    (out / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(CorruptShard, match=rf"{entry['name']}.*holds 40 samples, the manifest says 48"):
+        list(_stream(out, micro_batch=4, shuffle=False).slot_samples(0, 0))
+
+
+@pytest.mark.parametrize("name", ["../../outside.tar", "/etc/passwd", "sub/shard.tar", "..", "", 7])
+def test_manifest_shard_names_stay_inside_the_shard_directory(tmp_path, name):
+    _, out, _ = _small_set(tmp_path)
+    manifest = json.loads((out / MANIFEST).read_text())
+    manifest["splits"]["train"]["shards"][0]["name"] = name
+    (out / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(InputError, match=r"manifest\.json: splits\.train\.shards\[0\].*inside"):
+        read_manifest(out)
+
+
+def test_manifest_symlinked_shard_leading_out_is_refused(tmp_path):
+    _, out, m = _small_set(tmp_path)
+    name = m["splits"]["train"]["shards"][0]["name"]
+    outside = tmp_path / "elsewhere.tar.gz"
+    (out / "train" / name).rename(outside)
+    (out / "train" / name).symlink_to(outside)
+    with pytest.raises(InputError, match=rf"manifest\.json: splits\.train\.shards\[0\]: train/{name} resolves to .*elsewhere.*outside"):
+        read_manifest(out)
+    (out / "train" / name).unlink()
+    outside.rename(out / "train" / name)
+    assert read_manifest(out) == m
+    manifest = json.loads((out / MANIFEST).read_text())
+    manifest["splits"]["../x"] = manifest["splits"]["val"]
+    (out / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(InputError, match=r"manifest\.json: unknown split '\.\./x'"):
+        read_manifest(out)

@@ -4,6 +4,7 @@
     python tools/make_shards.py --out shards/ --verify      # sizes and sha256 against the manifest
 
 Exit codes: 0 done (or every shard verified), 1 --verify found damaged or missing shards, 2 bad input.
+A failed run leaves --out as it was (see docs/DATA.md, "Write, then rename").
 """
 
 from __future__ import annotations
@@ -22,15 +23,15 @@ from megadna.data.shards import MANIFEST, verify_shards
 def build_parser() -> argparse.ArgumentParser:
     p = parser("megadna make-shards", __doc__)
     p.add_argument("--fasta", nargs="+", help="FASTA or gzipped FASTA files (many genomes: list them all)")
-    p.add_argument("--out", required=True, help="output shard directory (must be new or empty unless --overwrite)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing shard set in --out")
+    p.add_argument("--out", required=True, help="output shard directory (must be new or empty unless --overwrite); written beside, then renamed into place")
+    p.add_argument("--overwrite", action="store_true", help="replace the shard set in --out, once the new one is complete (a failed run keeps the old one)")
     p.add_argument("--verify", action="store_true", help="only check the shards in --out against their manifest")
     # WindowConfig's fields carry no help metadata (and val_contigs is a tuple), so its flags are spelled here.
     w = p.add_argument_group("windows (megadna.data.genome.WindowConfig)")
     w.add_argument("--window", type=int, default=WindowConfig.window, help="window length in bp")
     w.add_argument("--stride", type=int, default=WindowConfig.stride, help="step between window starts in bp")
     w.add_argument("--max_n_fraction", type=float, default=WindowConfig.max_n_fraction, help="drop windows with a larger share of N")
-    w.add_argument("--val_contigs", default="", help="comma-separated contig names held out whole for validation")
+    w.add_argument("--val_contigs", default="", help="comma-separated contig names held out whole for validation; FILE:NAME picks one file's contig (a NAME in several files is an error)")
     w.add_argument("--val_fraction", type=float, default=WindowConfig.val_fraction, help="else: last fraction of each contig held out")
     w.add_argument("--keep_softmask", action="store_true", help="record each window's share of lower-case (repeat) bases")
     s = p.add_argument_group("shards (megadna.data.shard_writer.ShardConfig)")

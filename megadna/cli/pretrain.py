@@ -37,7 +37,7 @@ def build_parser(prog: str = "megadna pretrain") -> argparse.ArgumentParser:
     return p
 
 
-@entry_point
+@entry_point(owns_process_group=True)  # ends via os._exit once the process group exists: the code is final
 def main(argv=None) -> int:
     from megadna.train import NonFiniteLoss, distributed, train
 

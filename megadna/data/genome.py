@@ -243,7 +243,7 @@ class WindowConfig:
     window: int = 510  # window length, bp
     stride: int = 510  # distance between window starts, bp (< window overlaps, > window skips)
     max_n_fraction: float = 0.0  # windows with a larger share of N are dropped (and counted)
-    val_contigs: tuple[str, ...] = ()  # contigs held out whole for validation, by name
+    val_contigs: tuple[str, ...] = ()  # contigs held out whole for validation: NAME, or FILE:NAME for one file's
     val_fraction: float = 0.0  # else: the last fraction (bp) of every contig goes to val
     keep_softmask: bool = False  # record each window's share of lower-case (soft-masked) bases
 
@@ -349,10 +349,12 @@ def iter_windows(paths: Sequence[str | Path], cfg: WindowConfig,
     contig shorter than one window is skipped whole (`stats.short_contigs`). With `stride == window`
     every bp of a tiled segment is counted once: in a window, in `skipped_bp` or in `tail_bp`.
 
-    `val_contigs` holds whole contigs out for validation; a name that no file contains raises
-    `InputError` once all files are read (it then matches that name in every file). Record names must
-    be unique within a file; across files (several genomes, each with its chrX) they may repeat, and
-    each window's `source` tells them apart. The same file given twice is an error.
+    Record names must be unique within a file; across files (several genomes, each with its chrX)
+    they may repeat, and each window's `source` tells them apart. The same file given twice is an error.
+    `val_contigs` holds whole contigs out for validation, each named `NAME` or `FILE:NAME` (FILE: the
+    file's name, or its path as given), which picks that file's contig only. A bare NAME that turns out
+    to be a contig of two files is an `InputError` when the second one is read (say which with
+    FILE:NAME); a NAME or FILE:NAME that no file contains is one once all files are read.
     `stats`, when given, is updated in place.
     """
     if stats is None:
@@ -361,18 +363,17 @@ def iter_windows(paths: Sequence[str | Path], cfg: WindowConfig,
         paths = [paths]
     if not paths:
         raise InputError("iter_windows: no FASTA files given.")
-    val_contigs = set(cfg.val_contigs)
     seen_files: dict[Path, str] = {}
     for path in paths:
         key = Path(path).resolve()
         if key in seen_files:
             raise InputError(f"{path}: given twice (also as {seen_files[key]}); each FASTA file must be listed once")
         seen_files[key] = str(path)
-    seen: set[str] = set()
-    for path in paths:
+    val = _ValContigs(paths, cfg.val_contigs)
+    for i, path in enumerate(paths):
         stats.files += 1
         for contig in read_fasta(path, keep_softmask=cfg.keep_softmask):
-            seen.add(contig.name)
+            is_val = val.holds(i, contig.name)
             n = len(contig.seq)
             stats.contigs += 1
             stats.contig_bp += n
@@ -382,7 +383,7 @@ def iter_windows(paths: Sequence[str | Path], cfg: WindowConfig,
             cumsum = None
             if contig.softmask is not None:
                 cumsum = np.concatenate(([0], np.cumsum(contig.softmask, dtype=np.int64)))
-            if contig.name in val_contigs:
+            if is_val:
                 yield from _tile(contig, 0, n, "val", cfg, stats, cumsum)
             elif cfg.val_fraction:
                 boundary = n - int(n * cfg.val_fraction)
@@ -390,7 +391,46 @@ def iter_windows(paths: Sequence[str | Path], cfg: WindowConfig,
                 yield from _tile(contig, boundary, n, "val", cfg, stats, cumsum)
             else:
                 yield from _tile(contig, 0, n, "train", cfg, stats, cumsum)
-    missing = sorted(val_contigs - set(seen))
-    if missing:
-        raise InputError(f"val_contigs {missing} are in none of the FASTA files given "
-                         f"({', '.join(map(str, paths))}); contigs seen: {sorted(seen)[:20]}.")
+    val.check_all_found()
+
+
+class _ValContigs:
+    """`WindowConfig.val_contigs` resolved against the files: bare names, and FILE:NAME pinned to one file."""
+
+    def __init__(self, paths: Sequence[str | Path], specs: Sequence[str]):
+        self.paths = [str(p) for p in paths]
+        self.bare: dict[str, int | None] = {}  # name -> index of the file it was found in
+        self.pinned: dict[tuple[int, str], str] = {}  # (file index, name) -> the spec as given
+        self.seen: set[str] = set()
+        for spec in specs:
+            files = {i for i, p in enumerate(self.paths) for f in (Path(p).name, p) if spec.startswith(f + ":") and len(spec) > len(f) + 1}
+            if len(files) > 1:
+                raise InputError(f"val_contigs {spec!r}: its FILE part names {len(files)} of the files given "
+                                 f"({', '.join(self.paths[i] for i in sorted(files))}); write the path as given")
+            if files:
+                (i,) = files
+                name = spec[next(len(f) for f in (self.paths[i], Path(self.paths[i]).name) if spec.startswith(f + ":")) + 1 :]
+                self.pinned[(i, name)] = spec
+            else:
+                self.bare[spec] = None
+
+    def holds(self, i: int, name: str) -> bool:
+        self.seen.add(name)
+        if (i, name) in self.pinned:
+            del self.pinned[(i, name)]  # found
+            return True
+        if name not in self.bare:
+            return False
+        first = self.bare[name]
+        if first is not None and first != i:
+            a, b = self.paths[first], self.paths[i]
+            raise InputError(f"val_contigs {name!r}: a contig of both {a} and {b}; say which with FILE:NAME "
+                             f"({Path(a).name}:{name} or {Path(b).name}:{name}), or list both that way")
+        self.bare[name] = i
+        return True
+
+    def check_all_found(self) -> None:
+        missing = sorted([n for n, i in self.bare.items() if i is None] + list(self.pinned.values()))
+        if missing:
+            raise InputError(f"val_contigs {missing} are in none of the FASTA files given "
+                             f"({', '.join(self.paths)}); contigs seen: {sorted(self.seen)[:20]}.")

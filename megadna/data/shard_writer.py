@@ -11,7 +11,9 @@ import gzip
 import hashlib
 import io
 import json
+import os
 import shutil
+import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
@@ -158,26 +160,77 @@ def _shuffled(windows: Iterable[Window], size: int, seed: int) -> Iterator[Windo
 def write_shards(fasta_paths: Sequence[str | Path], out_dir: str | Path, window_cfg: WindowConfig, shard_cfg: ShardConfig = ShardConfig(), *, overwrite: bool = False) -> dict:
     """Window the FASTA files and write train/val shards plus manifest.json into out_dir.
 
-    The manifest is written last, atomically (temp file + rename): a crash leaves no manifest, and
-    readers refuse a directory without one. An existing shard set is never touched without overwrite.
-    Returns the manifest.
+    Write, then rename: the inputs are checked first (every FASTA a readable file, none inside
+    out_dir), the new set is written into a temporary directory beside out_dir, and only a complete
+    set is swapped in. A run that fails, on bad input or a crash, leaves out_dir as it was (an old
+    set intact; no empty train/ val/ behind) and at most a `.NAME.writing-*` directory beside it after a
+    hard kill. An existing shard set is replaced only with overwrite. Returns the manifest.
     """
+    out = _output_dir(out_dir, overwrite)
+    sources = _check_sources(fasta_paths, out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.writing-", dir=out.parent))
+    try:
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it 0700; the set should get the usual permissions
+        manifest = _write_set(fasta_paths, tmp, window_cfg, shard_cfg, sources)
+        _swap_in(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return manifest
+
+
+_SET_ENTRIES = {MANIFEST, MANIFEST + ".tmp", *SPLITS}  # what a shard set directory holds (".tmp": an interrupted manifest write)
+
+
+def _output_dir(out_dir: str | Path, overwrite: bool) -> Path:
+    """The resolved output directory (a symlink to a directory: its target), after the checks that need no input."""
     out = Path(out_dir)
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
+    if out.exists() or out.is_symlink():
+        if not out.is_dir():
+            raise InputError(f"{out}: exists and is not a directory; --out must be a directory for the shard set (new, empty, or one to --overwrite)")
+        out = out.resolve()
+        entries = sorted(p.name for p in out.iterdir())
+        if entries and not overwrite:
             raise InputError(f"{out} is not empty; choose a new directory or pass --overwrite to replace the shard set there")
-        # Remove the manifest first so a crash during the rewrite cannot leave it over new partial shards.
-        (out / MANIFEST).unlink(missing_ok=True)
-        for split in SPLITS:
-            shutil.rmtree(out / split, ignore_errors=True)
+        others = [e for e in entries if e not in _SET_ENTRIES]
+        if others:
+            raise InputError(f"{out} holds more than a shard set ({', '.join(others[:5])}); --overwrite replaces only a shard set: choose another --out")
+    else:
+        out = out.absolute()
+        parent = next((q for q in out.parents if q.exists()), None)
+        if parent is not None and not parent.is_dir():
+            raise InputError(f"{out}: {parent} is a file, so this directory cannot be made; choose another --out")
+    return out
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _check_sources(fasta_paths: Sequence[str | Path], out: Path) -> list[dict]:
+    """Every FASTA exists, is readable and lies outside `out` (which the new set replaces): checked before anything is written."""
+    if not fasta_paths:
+        raise InputError("no FASTA files given")
     sources = []
-    for p in fasta_paths:
-        p = Path(p)
+    for p in map(Path, fasta_paths):
         if not p.is_file():
             raise InputError(f"{p}: no such FASTA file")
-        sources.append({"path": str(p), "sha256": file_sha256(p), "bytes": p.stat().st_size})
+        if p.resolve().is_relative_to(out):
+            raise InputError(f"{p}: lies inside the output directory {out}, which the new shard set replaces; move it out first")
+        try:
+            sha = file_sha256(p)
+        except OSError as e:
+            raise InputError(f"{p}: cannot read it ({e.strerror})") from None
+        sources.append({"path": str(p), "sha256": sha, "bytes": p.stat().st_size})
+    return sources
+
+
+def _write_set(fasta_paths, out: Path, window_cfg: WindowConfig, shard_cfg: ShardConfig, sources: list[dict]) -> dict:
+    """Write a whole shard set into the (new, empty) directory `out`; the manifest last."""
     for split in SPLITS:
-        (out / split).mkdir(parents=True, exist_ok=True)
+        (out / split).mkdir()
     sinks = {split: _ShardSink(out / split, shard_cfg) for split in SPLITS}
     stats = WindowStats()
     windows = iter_windows([str(p) for p in fasta_paths], window_cfg, stats)
@@ -198,3 +251,20 @@ def write_shards(fasta_paths: Sequence[str | Path], out_dir: str | Path, window_
     }
     write_json(out / MANIFEST, manifest)
     return manifest
+
+
+def _swap_in(new: Path, out: Path) -> None:
+    """Put the complete set in `new` at `out`. An empty or absent `out` is replaced in one rename; an
+    old set is first renamed aside (its manifest is what readers look for, so they see the old set or
+    the new one, never a mix) and deleted only once the new one is in place."""
+    if not out.exists() or not any(out.iterdir()):
+        os.replace(new, out)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+    os.replace(out, old / "set")
+    try:
+        os.replace(new, out)
+    except OSError:
+        os.replace(old / "set", out)  # put the old set back
+        raise
+    shutil.rmtree(old, ignore_errors=True)

@@ -8,7 +8,11 @@ stream is a single integer, the number of batches a rank has consumed.
 
 from __future__ import annotations
 
-import logging
+import atexit
+import functools
+import itertools
+import os
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -16,11 +20,8 @@ from typing import Iterator
 import numpy as np
 
 from megadna.data.genome import reverse_complement
-from megadna.data.shards import SPLITS, CorruptShard, iter_shard, read_manifest
+from megadna.data.shards import SPLITS, iter_shard, read_manifest, shard_entries
 from megadna.errors import InputError
-
-log = logging.getLogger(__name__)
-
 
 # --------------------------------------------------------------------------------------------------
 # The epoch plan (pure arithmetic on the manifest's counts)
@@ -140,10 +141,10 @@ class WindowStream:
         self.tokenizer, self.max_tokens = tokenizer, max_tokens
         self.start_batch = start_batch
         manifest = read_manifest(self.dir)
-        split = manifest["splits"].get(cfg.split)
-        if not split or not split["shards"]:
+        self._entries = shard_entries(manifest, cfg.split)  # what each shard must be: read with it as `expect`
+        if not self._entries:
             raise InputError(f"{self.dir}: the manifest has no {cfg.split!r} shards")
-        shards = tuple((f"{cfg.split}/{s['name']}", s["samples"]) for s in split["shards"])
+        shards = tuple((rel, sh["samples"]) for rel, sh in self._entries.items())
         missing = [n for n, _ in shards if not (self.dir / n).is_file()]
         if missing:
             raise InputError(f"{self.dir}: {len(missing)} shard(s) listed in the manifest are missing: {', '.join(missing[:5])}")
@@ -172,7 +173,9 @@ class WindowStream:
                 yield buf[i]
 
     def _slot_raw(self, epoch, slot, start, with_meta):
-        """The slot's samples in shard order from position `start`; corrupt shards are skipped with a warning."""
+        """The slot's samples in shard order from position `start`. Each shard is checked against its
+        manifest entry (size and sha256 before a byte is decoded): a damaged one is a CorruptShard
+        (an InputError naming it), never a silent short or wrong read."""
         pos = 0
         for seg in self.plan.segments(epoch, slot):
             n = seg.stop - seg.start
@@ -180,31 +183,13 @@ class WindowStream:
                 pos += n
                 continue
             skip = max(0, start - pos)
-            got = 0
-            try:
-                for sample in iter_shard(self.dir / seg.shard, seg.start + skip, seg.stop, with_meta=with_meta):
-                    got += 1
-                    yield sample
-            except CorruptShard as e:
-                log.warning("%s; skipping the %d sample(s) of this slot left in it", e, n - skip - got)
-                yield None  # marks the gap; _fill replaces it so every rank keeps the same count
+            yield from iter_shard(self.dir / seg.shard, seg.start + skip, seg.stop, with_meta=with_meta, expect=self._entries[seg.shard])
             pos += n
 
     def _fill(self, raw, size, epoch, slot, b) -> list:
-        buf = []
-        while len(buf) < size:
-            s = next(raw, StopIteration)
-            if s is StopIteration:
-                break
-            if s is not None:
-                buf.append(s)
-        if len(buf) < size:
-            # A corrupt shard left this block short. Ranks must keep the same number of batches (else
-            # the collective in the next step hangs), so the gap is filled by repeating this block's
-            # own samples. The warning above names the shard.
-            if not buf:
-                raise InputError(f"{self.dir}: slot {slot} of epoch {epoch} has no readable samples in block {b}; run tools/make_shards.py --verify")
-            buf.extend(buf[i % len(buf)] for i in range(size - len(buf)))
+        buf = list(itertools.islice(raw, size))
+        if len(buf) < size:  # iter_shard checks every count against the manifest: only a bug gets here
+            raise InputError(f"{self.dir}: slot {slot} of epoch {epoch} ran out of samples in block {b}; run tools/make_shards.py --out {self.dir} --verify")
         return buf
 
     # -- batch level ---------------------------------------------------------------------------
@@ -247,7 +232,9 @@ class WindowStream:
 
 
 def torch_dataset(stream: WindowStream):
-    """A torch IterableDataset over the stream; each DataLoader worker serves its own slot."""
+    """A torch IterableDataset over the stream; each DataLoader worker serves its own slot. Bad input
+    met in a worker (a corrupt shard) crosses to the rank as a value, `{"error": message}`, which
+    `Batches` raises there as the InputError it was: one line, not a worker traceback."""
     import torch
 
     class _Dataset(torch.utils.data.IterableDataset):
@@ -256,24 +243,119 @@ def torch_dataset(stream: WindowStream):
             if info is not None and info.num_workers != stream.plan.num_workers:
                 raise InputError(f"the stream was planned for {stream.plan.num_workers} workers, the DataLoader has {info.num_workers}")
             logical, local = stream.worker_start(info.id if info is not None else 0)
-            return stream.batches(logical, local)
+            return _errors_as_values(stream.batches(logical, local))
 
     return _Dataset()
 
 
-def _ignore_preemption_signals(_worker_id: int) -> None:
-    # Launchers (DeepSpeed's, SLURM) send SIGTERM to the whole process tree. The rank saves a
-    # checkpoint on it and still needs its loader meanwhile; workers exit with their parent anyway.
+def _errors_as_values(batches: Iterator[dict]) -> Iterator[dict]:
+    try:
+        yield from batches
+    except InputError as e:
+        yield {"error": str(e)}
+
+
+def _init_worker(_worker_id: int, *, parent: int) -> None:
+    """Launchers (DeepSpeed's, SLURM) send SIGTERM to the whole process tree. The rank saves a
+    checkpoint on it and still needs its loader meanwhile, so workers ignore SIGTERM/SIGINT; they end
+    when the rank closes its loader (`Batches.close`), and on Linux the kernel kills them when the rank
+    dies, however it dies (PR_SET_PDEATHSIG)."""
     import signal
 
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _die_with_parent(parent)
 
 
-def make_loader(stream: WindowStream, *, pin_memory: bool = False, prefetch_factor: int = 4):
-    """A DataLoader yielding the stream's batches in order, batch start_batch first."""
+def _die_with_parent(parent: int) -> None:
+    import ctypes
+    import signal
+    import sys
+
+    # Not a child of the rank (a forkserver started it), or the rank is already gone: torch's own
+    # watchdog in the worker loop ends it once it notices.
+    if not sys.platform.startswith("linux") or os.getppid() != parent:
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the rank died between the check and prctl: no signal will come
+        os._exit(1)
+
+
+_open_iterators: weakref.WeakSet = weakref.WeakSet()
+
+
+class Batches:
+    """The iterator of a `make_loader` loader: batches in order; a worker's error raised here as the
+    InputError it was; `close()` ends the workers for sure. Close it (the trainer does, in `fit`'s
+    finally): at interpreter exit multiprocessing would SIGTERM workers that ignore SIGTERM and then
+    join them forever. Iterators still open at exit are closed by an atexit hook, which runs before
+    multiprocessing's (atexit runs hooks last-registered first)."""
+
+    JOIN_S = 5.0  # how long a worker may take to leave on its own before it is killed
+
+    def __init__(self, loader):
+        _register_atexit()
+        self._it = iter(loader)
+        _open_iterators.add(self)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict:
+        if self._it is None:
+            raise StopIteration
+        batch = next(self._it)
+        if "error" in batch:
+            self.close()
+            raise InputError(batch["error"])
+        return batch
+
+    def close(self) -> None:
+        it, self._it = self._it, None
+        _open_iterators.discard(self)
+        workers = list(getattr(it, "_workers", ()))
+        if not workers:
+            return
+        try:
+            it._shutdown_workers()  # torch's orderly shutdown: bounded joins, then SIGTERM (ignored here)
+        finally:
+            for w in workers:
+                if w.is_alive():
+                    w.kill()
+                    w.join(self.JOIN_S)
+
+
+@functools.cache
+def _register_atexit() -> None:
+    import multiprocessing.util  # noqa: F401  (registers its exit hook first, so ours runs before it)
+
+    atexit.register(_close_open_iterators)
+
+
+def _close_open_iterators() -> None:
+    for b in list(_open_iterators):
+        b.close()
+
+
+class Loader:
+    """A DataLoader over a WindowStream whose iterators are `Batches`."""
+
+    def __init__(self, dataloader):
+        self.dataloader = dataloader
+
+    def __iter__(self) -> Batches:
+        return Batches(self.dataloader)
+
+
+def make_loader(stream: WindowStream, *, pin_memory: bool = False, prefetch_factor: int = 4) -> Loader:
+    """A loader yielding the stream's batches in order, batch start_batch first (iterate it, then close
+    the iterator)."""
     import torch
 
     W = stream.cfg.num_workers
-    kw = dict(num_workers=W, persistent_workers=True, prefetch_factor=prefetch_factor, worker_init_fn=_ignore_preemption_signals) if W > 0 else {}
-    return torch.utils.data.DataLoader(torch_dataset(stream), batch_size=None, pin_memory=pin_memory, **kw)
+    kw = dict(num_workers=W, persistent_workers=True, prefetch_factor=prefetch_factor, worker_init_fn=functools.partial(_init_worker, parent=os.getpid())) if W > 0 else {}
+    return Loader(torch.utils.data.DataLoader(torch_dataset(stream), batch_size=None, pin_memory=pin_memory, **kw))

@@ -2,11 +2,14 @@
 finding and selecting datasets, seeded subsets, and tokenizing them for fine-tuning.
 
 Every file is validated row by row as it is read: a bad row is an InputError naming file and line.
+Labels are class numbers 0..C-1 in ASCII digits; C comes from train.csv, where every class must occur,
+and dev/test may hold only train's classes (`check_labels`).
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import re
 import zlib
@@ -24,7 +27,8 @@ log = logging.getLogger(__name__)
 
 SPLITS = ("train", "dev", "test")
 _DNA = re.compile(r"[ACGTNacgtn]+")
-_LABEL = re.compile(r"\d+")
+_LABEL = re.compile(r"[0-9]+")  # ASCII only: \d, str.isdigit and int() also accept other scripts' digits ('٣')
+_MAX_LABEL_DIGITS = 9  # a class number, not an id: also keeps labels inside int64
 
 
 @dataclass
@@ -32,6 +36,7 @@ class Split:
     sequences: list[str]  # upper-case A/C/G/T/N
     labels: np.ndarray  # int64
     index: np.ndarray  # int64: row of each sequence in the file (0 = first data row, line 2)
+    num_classes: int | None = None  # C of the whole dataset (from train.csv), set by load_dataset
 
     def __len__(self) -> int:
         return len(self.sequences)
@@ -43,36 +48,69 @@ def read_split(path: Path) -> Split:
     if not path.is_file():
         raise InputError(f"{path}: missing; a GUE dataset folder holds train.csv, dev.csv and test.csv")
     seqs, labels = [], []
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.reader(f)
-        try:
-            header = next(reader, None)
-            if header is None:
-                raise InputError(f"{where(path, line=1)}: the file is empty; expected the header 'sequence,label'")
-            if [h.strip().lstrip("\ufeff").lower() for h in header] != ["sequence", "label"]:
-                raise InputError(f"{where(path, line=1)}: header is {','.join(header)!r}, expected 'sequence,label'")
-            for row in reader:
-                line = reader.line_num
-                if not row or all(not c.strip() for c in row):
-                    raise InputError(f"{where(path, line=line)}: empty row; every row is 'sequence,label'")
-                if len(row) != 2:
-                    raise InputError(f"{where(path, line=line)}: {len(row)} fields, expected 2 (sequence,label)")
-                seq, label = row[0].strip(), row[1].strip()
-                if not _DNA.fullmatch(seq):
-                    bad = next((c for c in seq if c not in "ACGTNacgtn"), "") if seq else ""
-                    what = f"non-DNA character {bad!r}" if seq else "an empty sequence"
-                    raise InputError(f"{where(path, line=line)}: {what}; sequences hold only A, C, G, T, N")
-                if not _LABEL.fullmatch(label):
-                    raise InputError(f"{where(path, line=line)}: label {label!r} is not a non-negative integer")
-                seqs.append(seq.upper())
-                labels.append(int(label))
-        except UnicodeDecodeError as e:
-            raise InputError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-        except csv.Error as e:
-            raise InputError(f"{where(path, line=reader.line_num)}: malformed CSV: {e}") from None
+    reader = csv.reader(io.StringIO(_read_utf8(path), newline=""))
+    try:
+        header = next(reader, None)
+        if header is None:
+            raise InputError(f"{where(path, line=1)}: the file is empty; expected the header 'sequence,label'")
+        if [h.strip().lstrip("\ufeff").lower() for h in header] != ["sequence", "label"]:
+            raise InputError(f"{where(path, line=1)}: header is {','.join(header)!r}, expected 'sequence,label'")
+        for row in reader:
+            line = reader.line_num
+            if not row or all(not c.strip() for c in row):
+                raise InputError(f"{where(path, line=line)}: empty row; every row is 'sequence,label'")
+            if len(row) != 2:
+                raise InputError(f"{where(path, line=line)}: {len(row)} fields, expected 2 (sequence,label)")
+            seq, label = row[0].strip(), row[1].strip()
+            if not _DNA.fullmatch(seq):
+                bad = next((c for c in seq if c not in "ACGTNacgtn"), "") if seq else ""
+                what = f"non-DNA character {bad!r}" if seq else "an empty sequence"
+                raise InputError(f"{where(path, line=line)}: {what}; sequences hold only A, C, G, T, N")
+            if not _LABEL.fullmatch(label):
+                raise InputError(f"{where(path, line=line)}: label {label!r} is not a non-negative integer (ASCII digits 0-9)")
+            if len(label.lstrip("0")) > _MAX_LABEL_DIGITS:
+                raise InputError(f"{where(path, line=line)}: label {label} is not a class number (labels are 0..C-1 for C classes)")
+            seqs.append(seq.upper())
+            labels.append(int(label))
+    except csv.Error as e:
+        raise InputError(f"{where(path, line=reader.line_num)}: malformed CSV: {e}") from None
     if not seqs:
         raise InputError(f"{path}: no rows after the header")
     return Split(seqs, np.asarray(labels, dtype=np.int64), np.arange(len(seqs), dtype=np.int64))
+
+
+def _read_utf8(path: Path) -> str:
+    """The file's text; bytes that are not UTF-8 are an error naming the line and the byte within it."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line_start = data.rfind(b"\n", 0, e.start) + 1
+        line = data.count(b"\n", 0, e.start) + 1
+        raise InputError(f"{where(path, line=line)}, byte {e.start - line_start + 1}: not UTF-8 text ({e.reason}, "
+                         f"byte 0x{data[e.start]:02x}); save the file as UTF-8") from None
+
+
+def check_labels(splits: dict[str, Split], folder: Path) -> int:
+    """The number of classes C, taken from train: train's labels are exactly 0..C-1 (every class present,
+    C >= 2) and dev/test hold no class that train lacks. A violation names the file and line."""
+    train = splits["train"].labels
+    classes = np.unique(train)
+    n = len(classes)
+    if classes[-1] != n - 1:  # a gap: some class below the largest label never occurs
+        missing = int(np.flatnonzero(classes != np.arange(n))[0])
+        row = int(np.argmax(train > missing))
+        raise InputError(f"{where(folder / 'train.csv', line=row + 2)}: label {train[row]}, but class {missing} never "
+                         f"occurs in train.csv; labels must be 0..C-1 with every class present in train")
+    if n < 2:
+        raise InputError(f"{folder / 'train.csv'}: every row has label {classes[0]}; a classification task needs at least 2 classes")
+    for s in SPLITS[1:]:
+        unseen = np.flatnonzero(splits[s].labels >= n)
+        if unseen.size:
+            row = int(unseen[0])
+            raise InputError(f"{where(folder / f'{s}.csv', line=row + 2)}: label {splits[s].labels[row]} never occurs in "
+                             f"train.csv (classes 0..{n - 1}); every dev/test class must be present in train")
+    return n
 
 
 def gue_root(gue_dir) -> Path:
@@ -123,12 +161,18 @@ def load_dataset(gue_dir, name: str, cfg: GUEConfig) -> dict[str, Split]:
     """train/dev/test of "task/dataset", each cut to cfg's seeded subset size (0: whole)."""
     folder = gue_root(gue_dir) / name
     splits = {s: read_split(folder / f"{s}.csv") for s in SPLITS}
+    num_classes = check_labels(splits, folder)  # on the whole files, before any subset
     # Subsets depend on (subsample_seed, dataset, split), not on the fine-tuning seed: every seed sees
     # the same data, so the spread over seeds is the spread of training alone.
     key = zlib.crc32(name.encode())
-    sizes = {"train": cfg.max_train_samples, "dev": cfg.max_eval_samples, "test": cfg.max_eval_samples}
-    return {s: subsample(sp, sizes[s], np.random.default_rng([cfg.subsample_seed, key, i]))
-            for i, (s, sp) in enumerate(splits.items())}
+    # A low-data curve reads the largest subset it needs (all of train when 0 is on it); each point's
+    # rows are nested inside that (megadna.eval.task.Task.unit).
+    train = 0 if 0 in cfg.train_sizes() else max(cfg.train_sizes())
+    sizes = {"train": train, "dev": cfg.max_eval_samples, "test": cfg.max_eval_samples}
+    out = {s: subsample(sp, sizes[s], np.random.default_rng([cfg.subsample_seed, key, i])) for i, (s, sp) in enumerate(splits.items())}
+    for sp in out.values():
+        sp.num_classes = num_classes  # a subset may miss a class; the head still has one output per class
+    return out
 
 
 def token_counts(tokenizer: DNATokenizer, seqs: list[str]) -> np.ndarray:

@@ -14,21 +14,23 @@ What is read, and how:
 
 Weights are read with safetensors or `torch.load(weights_only=True)`. DeepSpeed's own reader
 (`zero_to_fp32`) calls `torch.load(weights_only=False)`, which would run any code pickled into the
-file; we route its loads through weights_only=True with an allowlist of the three plain DeepSpeed
-data classes its optimizer files hold, so a tampered checkpoint fails to load instead of executing.
+file; we route its loads through `megadna.integrity.weights_only` (weights_only=True with an allow-list
+of the plain DeepSpeed data classes its files hold), so a tampered checkpoint fails to load instead of
+executing. Before that, every file recorded in the checkpoint's megadna.json is checked against its
+recorded size and sha256 (`megadna.rundir.verify_files`), so a truncated or altered file is named.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
-import types
 from pathlib import Path
 
 import torch
 
 from megadna import rundir as ckpt
 from megadna.errors import InputError
+from megadna.integrity import weights_only
 from megadna.jsonfile import read_json
 from megadna.model import BertForMLM, ModelConfig
 from megadna.rundir import RunDir
@@ -88,6 +90,7 @@ def _load_checkpoint(d: Path, device) -> tuple[BertForMLM, DNATokenizer, dict]:
     if not isinstance(meta.get("model"), dict):
         raise InputError(f"{d / ckpt.META}: has no 'model' config; written by an older megadna?")
     cfg = _model_config(meta["model"], d / ckpt.META)
+    ckpt.verify_files(d, meta)  # sizes and sha256 recorded at save: nothing is deserialised before this
     tokenizer = load_tokenizer(d / ckpt.TOKENIZER_DIR)
     if tokenizer.vocab_size != cfg.vocab_size:
         raise InputError(f"{d}: tokenizer/ has {tokenizer.vocab_size} tokens but the model's vocab_size is "
@@ -111,45 +114,13 @@ def zero_fp32_state_dict(ckpt_dir: Path) -> dict[str, torch.Tensor]:
         raise InputError(f"{ckpt_dir}: neither {WEIGHTS_FILE} nor DeepSpeed's *_model_states.pt; the weights are missing")
     try:
         # zero_to_fp32 prints its progress on stdout; keep stdout for the command's own output.
-        with _weights_only(zero_to_fp32), contextlib.redirect_stdout(io.StringIO()):
+        with weights_only(zero_to_fp32), contextlib.redirect_stdout(io.StringIO()):
             state = zero_to_fp32.get_fp32_state_dict_from_zero_checkpoint(str(ckpt_dir.parent), tag=ckpt_dir.name)
+    except InputError:
+        raise  # a file refused or unreadable, already named
     except (FileNotFoundError, ValueError) as e:
         raise InputError(f"{ckpt_dir}: DeepSpeed files are incomplete or inconsistent: {e}") from None
-    except Exception as e:  # the weights-only unpickler refusing something is an UnpicklingError/RuntimeError
-        if "Weights only load failed" in str(e) or "Unsupported global" in str(e):
-            raise InputError(f"{ckpt_dir}: refused to load: the file holds a Python object outside the allowlist "
-                             f"of plain DeepSpeed data classes ({str(e).splitlines()[-1][:300]}). "
-                             "megadna never unpickles arbitrary code; re-save the checkpoint from a trusted run") from None
-        raise
     return {k: v.float().contiguous() for k, v in state.items()}
-
-
-@contextlib.contextmanager
-def _weights_only(module):
-    """Make `module`'s torch.load calls weights_only=True, allowing DeepSpeed's plain data classes.
-
-    Only the module's own reference to torch is swapped (for a namespace that forwards everything to
-    torch but load), so torch.load elsewhere in the process is untouched.
-    """
-    from deepspeed.runtime.fp16.loss_scaler import LossScaler
-    from deepspeed.runtime.zero.config import ZeroStageEnum
-    from deepspeed.utils.tensor_fragment import fragment_address
-
-    real = module.torch
-
-    def load(*args, **kwargs):
-        kwargs["weights_only"] = True
-        return real.load(*args, **kwargs)
-
-    proxy = types.ModuleType("torch")
-    proxy.__getattr__ = lambda name: getattr(real, name)  # module-level __getattr__ (PEP 562)
-    proxy.load = load
-    module.torch = proxy
-    try:
-        with torch.serialization.safe_globals([LossScaler, ZeroStageEnum, fragment_address]):
-            yield
-    finally:
-        module.torch = real
 
 
 # --------------------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ the ZeRO stage. megadna does not duplicate those knobs.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -59,7 +60,9 @@ def load_ds_config(path: str, max_steps: int) -> dict:
     """Read the DeepSpeed JSON and resolve the two "auto" schedule lengths from --max_steps.
 
     Only the scheduler's total_num_steps (-> max_steps) and warmup_num_steps (-> 5% of max_steps) may be
-    "auto"; everything else is DeepSpeed's to validate.
+    "auto". Checked here, as one-line errors naming the file (DeepSpeed's own checks are tracebacks):
+    the micro batch and accumulation steps are integers >= 1, and fp16/bf16 only where the accelerator
+    supports it. Everything else is DeepSpeed's to validate.
     """
     p = Path(path)
     cfg = read_json(p, "DeepSpeed config")
@@ -67,6 +70,11 @@ def load_ds_config(path: str, max_steps: int) -> dict:
         raise InputError(f"{p}: a DeepSpeed config is a JSON object, not {type(cfg).__name__}")
     if "train_micro_batch_size_per_gpu" not in cfg:
         raise InputError(f"{p}: set train_micro_batch_size_per_gpu (megadna reads it to plan the data per rank)")
+    for key in ("train_micro_batch_size_per_gpu", "gradient_accumulation_steps"):
+        value = cfg.get(key, 1)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise InputError(f"{p}: {key} is {json.dumps(value)}; it must be an integer >= 1")
+    check_precision(cfg, p)
     params = cfg.get("scheduler", {}).get("params", {})
     if params.get("total_num_steps") == "auto":
         params["total_num_steps"] = max_steps
@@ -75,6 +83,24 @@ def load_ds_config(path: str, max_steps: int) -> dict:
     if cfg.get("train_batch_size") == "auto":
         del cfg["train_batch_size"]  # DeepSpeed derives it from micro batch x accumulation x world size
     return cfg
+
+
+def check_precision(cfg: dict, path: Path, accelerator=None) -> None:
+    """fp16/bf16 only where the accelerator runs it: the same test DeepSpeed makes in `initialize`, where
+    it is a ValueError traceback naming no file. `accelerator` defaults to DeepSpeed's (CUDA, or CPU)."""
+    # "bfloat16" is DeepSpeed's older spelling of the "bf16" section.
+    wanted = [(key, kind) for key, kind in (("fp16", "fp16"), ("bf16", "bf16"), ("bfloat16", "bf16"))
+              if isinstance(cfg.get(key), dict) and cfg[key].get("enabled")]
+    if not wanted:
+        return
+    if accelerator is None:
+        from deepspeed.accelerator import get_accelerator
+
+        accelerator = get_accelerator()
+    for key, kind in wanted:
+        if not getattr(accelerator, f"is_{kind}_supported")():
+            raise InputError(f"{path}: {key} is enabled, but this machine's {accelerator.device_name()} accelerator cannot "
+                             f"train in {kind}; use an fp32 config such as ds_configs/cpu_tiny.json here, or a device that supports {kind}")
 
 
 def precision(ds_cfg: dict) -> str:

@@ -9,6 +9,7 @@ import json
 import sys
 from dataclasses import dataclass
 
+from megadna.errors import InputError
 from megadna.jsonfile import read_jsonl, write_text
 from megadna.rundir import RunDir
 from megadna.train.metrics import format_eta
@@ -116,8 +117,18 @@ class RunLogger:
 
 def _open_metrics(run: RunDir, resume_step: int):
     """metrics.jsonl for appending. On resume, lines past the checkpoint's step (written after it by the
-    interrupted run) are dropped first, so the file reads as one uninterrupted run."""
+    interrupted run) are dropped first, so the file reads as one uninterrupted run. A malformed last line
+    is what a crash mid-write leaves: it is past the checkpoint too, and dropped with a warning; a
+    malformed line before it is an InputError naming the line (the file was edited or damaged)."""
     if run.metrics.exists():
-        kept = [r for r in read_jsonl(run.metrics) if r["step"] <= resume_step]
+        try:
+            records = read_jsonl(run.metrics, allow_torn_tail=True)
+        except InputError as e:
+            raise InputError(f"{e}; metrics.jsonl only logs the run: repair that line or move the file away to resume") from None
+        for n, r in enumerate(records, 1):
+            if not (isinstance(r, dict) and isinstance(r.get("step"), int)):
+                raise InputError(f"{run.metrics}: record {n} is {json.dumps(r)[:80]}, not a step record with an integer "
+                                 f"'step'; repair or move the file away to resume (it only logs the run)")
+        kept = [r for r in records if r["step"] <= resume_step]
         write_text(run.metrics, "".join(json.dumps(r) + "\n" for r in kept))
     return open(run.metrics, "a")

@@ -26,6 +26,7 @@ from megadna.data.demo import build_demo_shards
 from megadna.data.shards import read_manifest
 from megadna.data.stream import StreamConfig, WindowStream, make_loader
 from megadna.errors import InputError
+from megadna.integrity import weights_only_checkpoint_engine
 from megadna.jsonfile import write_json
 from megadna.masking import apply_masking
 from megadna.model import BertForMLM, model_config
@@ -155,11 +156,14 @@ class Trainer:
         """(global_step, batches consumed per rank): zeros for a new run, the checkpoint's on resume."""
         if not self.resume_dir:
             return 0, 0
-        meta = self.resume_meta
-        _check_resumable(meta, self.world, self.cfg, self.micro, self.resume_dir)
-        _, client = self.engine.load_checkpoint(str(self.resume_dir.parent), tag=self.resume_dir.name, load_optimizer_states=True, load_lr_scheduler_states=True)
-        if client is None:
-            raise InputError(f"{self.resume_dir}: DeepSpeed could not load this checkpoint")
+        meta, d = self.resume_meta, self.resume_dir
+        _check_resumable(meta, self.world, self.cfg, self.micro, d)
+        # Every rank checks every file's recorded size and sha256 (ckpt.resolve_resume did it before the
+        # tokenizer was read; --resume auto and --resume DIR alike), then loads with weights_only=True.
+        if ckpt.FILES not in meta:
+            log.warning("%s: written before megadna recorded checkpoint file hashes; its files are loaded unverified (weights-only)", d)
+        client = _load_weights_only(self.engine, d)
+        _check_loaded_state(self.engine, client, meta, d)
         return meta["global_step"], meta["batches_consumed"]
 
     def _setup_streams(self) -> None:
@@ -307,10 +311,14 @@ class Trainer:
         return d
 
     def close(self) -> None:
-        # The loader's worker processes ignore SIGTERM: shut them down here, not at interpreter exit (where it would hang).
-        self.loader = None
-        self.preempt.restore()
-        self.logger.close()
+        # The loader's worker processes ignore SIGTERM: end them here (bounded join, then SIGKILL), not at
+        # interpreter exit, where multiprocessing would join them forever and the rank would never exit.
+        loader, self.loader = self.loader, None
+        try:
+            loader.close()
+        finally:
+            self.preempt.restore()
+            self.logger.close()
 
 
 def _check_resumable(meta: dict, world: int, cfg: TrainConfig, micro: int, resume_dir: Path) -> None:
@@ -323,6 +331,38 @@ def _check_resumable(meta: dict, world: int, cfg: TrainConfig, micro: int, resum
             f"{resume_dir}: cannot resume exactly ({detail}). Resume with the same settings, or start a new run "
             f"(--resume none, a new --save_dir). See docs/MULTINODE.md on changing the world size."
         )
+
+
+def _load_weights_only(engine, d: Path) -> dict:
+    """engine.load_checkpoint with DeepSpeed's loads made torch.load(weights_only=True) + the allow-list
+    of its plain data classes (megadna.integrity): a file holding anything else is refused, not run."""
+    real = engine.checkpoint_engine
+    engine.checkpoint_engine = weights_only_checkpoint_engine(engine._config)
+    try:
+        _, client = engine.load_checkpoint(str(d.parent), tag=d.name, load_optimizer_states=True, load_lr_scheduler_states=True)
+    finally:
+        engine.checkpoint_engine = real  # saves go through the engine DeepSpeed configured
+    if client is None:
+        raise InputError(f"{d}: DeepSpeed could not load this checkpoint (no *_model_states.pt); resume from another one")
+    return client
+
+
+def _check_loaded_state(engine, client: dict, meta: dict, d: Path) -> None:
+    """What was loaded must be what megadna.json says was saved: the step and data position in
+    DeepSpeed's client state, the engine's own step counter, and the weights' sha256."""
+    want = {"global_step": meta["global_step"], "batches_consumed": meta.get("batches_consumed")}
+    got = {"global_step": client.get("global_step"), "batches_consumed": client.get("batches_consumed")}
+    diff = [f"{k} {got[k]} in DeepSpeed's client state vs {want[k]} in {ckpt.META}" for k in want if got[k] != want[k]]
+    if engine.global_steps != meta["global_step"]:
+        diff.append(f"DeepSpeed's own global_steps {engine.global_steps} vs global_step {meta['global_step']} in {ckpt.META}")
+    if not diff:
+        recorded = meta.get("weights_sha256")
+        loaded = distributed.check_replicas(engine.module)  # collective: every rank takes part
+        if recorded is not None and loaded is not None and loaded != recorded:
+            diff.append(f"the loaded weights' sha256 {loaded[:16]}... vs weights_sha256 {str(recorded)[:16]}... in {ckpt.META}")
+    if diff:
+        raise InputError(f"{d}: the checkpoint contradicts itself ({'; '.join(diff)}): it was edited or mixed from "
+                         f"different saves. Resume from another checkpoint (--resume {d.parent}/stepNNNNNNNN) or delete {d}")
 
 
 def train(cfg: TrainConfig, ds_config_path: str) -> dict:
