@@ -30,11 +30,11 @@ PY
 echo "== 2/3 export to Hugging Face format"
 python tools/export_hf.py "$OUT/pretrain" "$OUT/hf_export" --overwrite
 
-echo "== 3/3 GUE-style evaluation on the built-in demo task (planted motifs), pre-trained vs random init"
+echo "== 3/3 GUE-style evaluation on the built-in demo task (planted motifs): pre-trained vs random init, same rows and seeds"
 python -c "from megadna.data.synthetic import write_demo_gue; write_demo_gue('$OUT/demo_gue', seed=0)"
-# A tiny model barely moves at the GUE recipe's lr of 3e-5; the demo uses a larger one.
-GUE_ARGS=(--gue_dir "$OUT/demo_gue" --datasets demo/motif --seeds 42,43 --lr 1e-3 --warmup_steps 10 --epochs 3 --eval_steps 50 --progress false)
-python launchers/finetune_gue.py "${GUE_ARGS[@]}" --model "$OUT/hf_export" --output_dir "$OUT/gue_pretrained"
-python launchers/finetune_gue.py "${GUE_ARGS[@]}" --init random --model tiny --tokenizer kmer6 --output_dir "$OUT/gue_random"
-echo "-- pre-trained:"; cat "$OUT/gue_pretrained/results.md"
-echo "-- random init:"; cat "$OUT/gue_random/results.md"
+COMMON=(--gue_dir "$OUT/demo_gue" --datasets demo/motif --seeds 42,43 --models "$OUT/hf_export" --init_random_control --progress false)
+echo "-- probe: frozen encoder, mean-pooled features, logistic regression (C chosen on dev)"
+python launchers/finetune_gue.py "${COMMON[@]}" --mode probe --output_dir "$OUT/gue_probe"
+echo "-- fine-tuning: the whole model, learning rate chosen on dev per arm (a tiny model barely moves at GUE's 3e-5)"
+python launchers/finetune_gue.py "${COMMON[@]}" --lr 3e-4,1e-3 --warmup_steps 10 --epochs 3 --eval_steps 50 --output_dir "$OUT/gue_finetune"
+echo "plots: $OUT/gue_probe/comparison.png, $OUT/gue_finetune/comparison.png"

@@ -1,5 +1,9 @@
 """What a GUE evaluation runs: DNABERT-2's per-family fine-tuning recipes (`FAMILY_RECIPES`,
-`recipe_for`) and `GUEConfig`, every setting of a run (one --flag each in megadna-finetune-gue)."""
+`recipe_for`) and `GUEConfig`, every setting of a run (one --flag each in `megadna gue`).
+
+Lists (`--lr 1e-4,3e-4,1e-3`, `--max_train_samples 100,500,0`, `--probe_C ...`) are comma-separated
+text fields, read through `lr_list()`, `train_sizes()` and `probe_Cs()`: a sweep is chosen on dev,
+and only the chosen value is scored on test."""
 
 from __future__ import annotations
 
@@ -45,13 +49,19 @@ def recipe_for(name: str) -> Recipe:
 @dataclass
 class GUEConfig:
     gue_dir: str = field(default="", metadata={"help": "folder holding <task>/<dataset>/{train,dev,test}.csv (the GUE folder)"})
-    model: str = field(default="", metadata={"help": "--init pretrained: a checkpoint dir, a run's save_dir or an export; --init random: a preset (" + ", ".join(PRESETS) + ")"})
+    model: str = field(default="", metadata={"help": "--init pretrained: a checkpoint dir, a run's save_dir or an export; --init random: a preset (" + ", ".join(PRESETS) + ") with --tokenizer, or a model path (its shape and tokenizer, new random weights)"})
     init: str = field(default="pretrained", metadata={"help": "pretrained | random (the control: same architecture, no pre-training)"})
-    tokenizer: str = field(default="", metadata={"help": "--init random only: kmer6, nkmer6, base or a BPE directory (a pretrained model brings its own)"})
+    tokenizer: str = field(default="", metadata={"help": "--init random with a preset only: kmer6, nkmer6, base or a BPE directory (a model path brings its own)"})
+    finetune_tokenizer: str = field(default="", metadata={"help": "tokenize the GUE sequences with this tokenizer instead of the model's own (e.g. kmer6 for an nkmer6 model); the vocabularies must be identical"})
+    mode: str = field(default="finetune", metadata={"help": "finetune (the whole model, lr chosen on dev) | probe (frozen encoder, pooled features, logistic regression)"})
+    probe_layer: int = field(default=-1, metadata={"help": "probe: the encoder output used (-1: last layer, 0: embeddings, k: layer k)"})
+    pooling: str = field(default="mean", metadata={"help": "probe: mean (over the sequence's tokens) | cls"})
+    probe_C: str = field(default="0.01,0.1,1,10", metadata={"help": "probe: logistic regression inverse regularisation strengths to try; the best on dev is scored on test"})
+    rc_average: bool = field(default=False, metadata={"help": "average the predictions of each sequence and its reverse complement (logits when fine-tuning, probabilities when probing)"})
     output_dir: str = field(default="runs/gue", metadata={"help": "results, predictions and per-run markers go here"})
     datasets: str = field(default="", metadata={"help": "comma-separated task/dataset names (e.g. prom/prom_core_notata,tf/0); empty: every dataset found"})
     seeds: str = field(default="42,43,44", metadata={"help": "comma-separated fine-tuning seeds"})
-    lr: float = field(default=3e-5, metadata={"help": "AdamW peak learning rate"})
+    lr: str = field(default="3e-5", metadata={"help": "AdamW peak learning rate, or a comma-separated sweep (each fine-tuned; the best on dev is scored on test)"})
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay (not on biases and LayerNorm)"})
     batch_size: int = field(default=32, metadata={"help": "sequences per optimizer step"})
     micro_batch_size: int = field(default=0, metadata={"help": "sequences per forward pass (0: batch_size); batch_size must be a multiple"})
@@ -62,7 +72,7 @@ class GUEConfig:
     eval_steps: int = field(default=-1, metadata={"help": "steps between dev evaluations (0: every epoch end; -1: the recipe's); always at the last step"})
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping (HF Trainer's default)"})
     max_tokens: int = field(default=0, metadata={"help": "tokens per sequence incl. [CLS]/[SEP] (0: the longest sequence's, capped at the model's positions)"})
-    max_train_samples: int = field(default=0, metadata={"help": "use a seeded random subset of train of this size (0: all)"})
+    max_train_samples: str = field(default="0", metadata={"help": "seeded random subset(s) of train: a size or a comma-separated low-data curve (0: all); subsets are nested"})
     max_eval_samples: int = field(default=0, metadata={"help": "use seeded random subsets of dev and test of this size (0: all)"})
     subsample_seed: int = field(default=0, metadata={"help": "seed of those subsets (the same for every fine-tuning seed)"})
     device: str = field(default="auto", metadata={"help": "auto (CUDA when available) | cpu | cuda | cuda:N"})
@@ -70,7 +80,15 @@ class GUEConfig:
     progress: bool = field(default=True, metadata={"help": "tqdm progress bar"})
 
     def __post_init__(self):
+        # Numbers given from Python (GUEConfig(lr=1e-4)) are the one-value case of a list field.
+        for name in ("lr", "max_train_samples", "probe_C"):
+            if isinstance(getattr(self, name), (int, float)):
+                setattr(self, name, repr(getattr(self, name)) if isinstance(getattr(self, name), float) else str(getattr(self, name)))
         self._check_model()
+        if self.mode not in ("finetune", "probe"):
+            raise InputError(f"--mode must be finetune or probe, got {self.mode!r}")
+        if self.pooling not in ("mean", "cls"):
+            raise InputError(f"--pooling must be mean or cls, got {self.pooling!r}")
         if self.precision not in ("auto", "fp32", "bf16"):
             raise InputError(f"--precision must be auto, fp32 or bf16, got {self.precision!r}")
         for name in ("batch_size", "eval_batch_size"):
@@ -79,9 +97,11 @@ class GUEConfig:
         micro = self.micro_batch_size or self.batch_size
         if micro < 1 or self.batch_size % micro:
             raise InputError(f"--batch_size {self.batch_size} must be a multiple of --micro_batch_size {micro}")
-        if self.lr <= 0 or self.weight_decay < 0 or self.max_grad_norm <= 0:
-            raise InputError("--lr and --max_grad_norm must be > 0, --weight_decay >= 0")
-        for name in ("max_tokens", "max_train_samples", "max_eval_samples"):
+        if any(v <= 0 for v in self.lr_list()) or any(c <= 0 for c in self.probe_Cs()) or self.weight_decay < 0 or self.max_grad_norm <= 0:
+            raise InputError("--lr, --probe_C and --max_grad_norm must be > 0, --weight_decay >= 0")
+        if any(n < 0 for n in self.train_sizes()):
+            raise InputError(f"--max_train_samples sizes must be >= 0, got {self.max_train_samples!r}")
+        for name in ("max_tokens", "max_eval_samples"):
             if getattr(self, name) < 0:
                 raise InputError(f"--{name} must be >= 0")
         if self.max_tokens == 1:
@@ -93,13 +113,20 @@ class GUEConfig:
             raise InputError(f"--init must be pretrained or random, got {self.init!r}")
         if not self.model:
             raise InputError("--model is required: a checkpoint/run/export path (--init pretrained) or a preset (--init random)")
-        if self.init == "random":
-            if self.model not in PRESETS:
-                raise InputError(f"--init random takes a preset as --model ({', '.join(PRESETS)}), got {self.model!r}")
+        if self.init == "random" and self.model in PRESETS:
             if not self.tokenizer:
-                raise InputError("--init random needs --tokenizer (e.g. kmer6), as no checkpoint brings one")
+                raise InputError("--init random with a preset needs --tokenizer (e.g. kmer6), as no checkpoint brings one")
         elif self.tokenizer:
-            raise InputError("--tokenizer is for --init random only: a pretrained model is fine-tuned with the tokenizer it was trained with")
+            raise InputError("--tokenizer is for --init random with a preset only: a model path brings its tokenizer (--finetune_tokenizer swaps it)")
+
+    def lr_list(self) -> list[float]:
+        return _numbers(self.lr, float, "--lr")
+
+    def probe_Cs(self) -> list[float]:
+        return _numbers(self.probe_C, float, "--probe_C")
+
+    def train_sizes(self) -> list[int]:
+        return _numbers(self.max_train_samples, int, "--max_train_samples")
 
     def seed_list(self) -> list[int]:
         try:
@@ -123,5 +150,17 @@ class GUEConfig:
     def run_key(self) -> dict:
         """What decides one (dataset, seed) result: a finished run is reused only if this is unchanged."""
         # `model` is left out: the model's identity (resolved path, step, shape, tokenizer) is added by run_gue.
-        skip = {"gue_dir", "output_dir", "datasets", "seeds", "device", "progress", "model"}
+        # `max_train_samples` too: each record carries its own train_size, so adding a size to the curve reuses the rest.
+        skip = {"gue_dir", "output_dir", "datasets", "seeds", "device", "progress", "model", "max_train_samples"}
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
+
+
+def _numbers(text: str, kind, flag: str) -> list:
+    """A comma-separated list of numbers, each once, at least one."""
+    try:
+        values = [kind(v) for v in str(text).split(",") if v.strip()]
+    except ValueError:
+        raise InputError(f"{flag} must be comma-separated {kind.__name__}s, got {text!r}") from None
+    if not values or len(set(values)) != len(values):
+        raise InputError(f"{flag} must name at least one value, each once, got {text!r}")
+    return values

@@ -48,14 +48,19 @@ class Backbone:
 
 def load_backbone(cfg: GUEConfig) -> Backbone:
     """cfg.model: a preset with cfg.tokenizer (--init random), else a checkpoint, run or export."""
-    if cfg.init == "random":
+    from megadna.model import PRESETS
+    from megadna.model.pretrained import load_pretrained
+
+    if cfg.init == "random" and cfg.model in PRESETS:
         tokenizer = get_tokenizer(cfg.tokenizer)
         mcfg = model_config(cfg.model, vocab_size=tokenizer.vocab_size)
         info = {"kind": "random", "preset": cfg.model, "model": mcfg.to_dict(), "tokenizer": tokenizer.to_dict()}
         return Backbone(mcfg, tokenizer, info, None)
-    from megadna.model.pretrained import load_pretrained
-
     model, tokenizer, info = load_pretrained(cfg.model)
+    if cfg.init == "random":
+        # The control of an arm: the model's shape and tokenizer, none of its weights.
+        info = {"kind": "random", "preset": None, "shaped_like": info["path"], "model": info["model"], "tokenizer": info["tokenizer"]}
+        return Backbone(model.config, tokenizer, info, None)
     return Backbone(model.config, tokenizer, info, model.bert)
 
 
@@ -81,12 +86,12 @@ def scores(labels: np.ndarray, preds: np.ndarray) -> dict[str, float]:
             "accuracy": 100.0 * float(accuracy_score(labels, preds))}
 
 
-def _autocast(device: torch.device, precision: str):
+def autocast(device: torch.device, precision: str):
     use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported())
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
 
 
-def _batch(data: Encoded, idx: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def batch_rows(data: Encoded, idx: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Rows idx, trimmed to their longest row (so short datasets pay for no padding), on device."""
     lengths = data.lengths[idx]
     width = int(lengths.max())
@@ -96,30 +101,38 @@ def _batch(data: Encoded, idx: torch.Tensor, device: torch.device) -> tuple[torc
 
 
 @torch.no_grad()
-def predict(model: BertClassifier, data: Encoded, batch_size: int, device: torch.device, precision: str) -> np.ndarray:
-    """Class probabilities [n, num_labels] (fp32)."""
+def logits(model: BertClassifier, data: Encoded, batch_size: int, device: torch.device, precision: str) -> torch.Tensor:
+    """Class logits [n, num_labels] (fp32, on the CPU), in eval mode."""
     was_training = model.training
     model.eval()
     out = []
     for start in range(0, len(data.labels), batch_size):
-        ids, mask, _ = _batch(data, torch.arange(start, min(start + batch_size, len(data.labels))), device)
-        with _autocast(device, precision):
-            logits = model(ids, mask)
-        out.append(F.softmax(logits.float(), dim=-1).cpu())
+        ids, mask, _ = batch_rows(data, torch.arange(start, min(start + batch_size, len(data.labels))), device)
+        with autocast(device, precision):
+            out.append(model(ids, mask).float().cpu())
     model.train(was_training)
-    return torch.cat(out).numpy()
+    return torch.cat(out)
 
 
-def _evaluate(model: BertClassifier, data: Encoded, cfg: GUEConfig, device: torch.device) -> tuple[dict[str, float], np.ndarray]:
+def predict(model: BertClassifier, data: Encoded, batch_size: int, device: torch.device, precision: str, rc: Encoded | None = None) -> np.ndarray:
+    """Class probabilities [n, num_labels] (fp32). With `rc` (the same rows reverse-complemented), the
+    logits of the two passes are averaged first (--rc_average)."""
+    z = logits(model, data, batch_size, device, precision)
+    if rc is not None:
+        z = (z + logits(model, rc, batch_size, device, precision)) / 2
+    return F.softmax(z, dim=-1).numpy()
+
+
+def score(model: BertClassifier, data: Encoded, cfg: GUEConfig, device: torch.device, rc: Encoded | None = None) -> tuple[dict[str, float], np.ndarray]:
     """Scores (x 100) and class probabilities of `model` on one split."""
-    probs = predict(model, data, cfg.eval_batch_size, device, cfg.precision)
+    probs = predict(model, data, cfg.eval_batch_size, device, cfg.precision, rc=rc)
     return scores(data.labels.numpy(), probs.argmax(1)), probs
 
 
-def _optimizer(model: BertClassifier, cfg: GUEConfig) -> torch.optim.AdamW:
+def _optimizer(model: BertClassifier, cfg: GUEConfig, lr: float) -> torch.optim.AdamW:
     decay = [p for p in model.parameters() if p.ndim >= 2]  # HF: no decay on biases and LayerNorm
     no_decay = [p for p in model.parameters() if p.ndim < 2]
-    return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+    return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=lr)
 
 
 def _train_step(model: BertClassifier, opt, sched, data: Encoded, idx: torch.Tensor, cfg: GUEConfig, device: torch.device) -> float:
@@ -127,8 +140,8 @@ def _train_step(model: BertClassifier, opt, sched, data: Encoded, idx: torch.Ten
     opt.zero_grad(set_to_none=True)
     loss_sum = 0.0
     for chunk in idx.split(cfg.micro_batch_size or cfg.batch_size):
-        ids, mask, labels = _batch(data, chunk, device)
-        with _autocast(device, cfg.precision):
+        ids, mask, labels = batch_rows(data, chunk, device)
+        with autocast(device, cfg.precision):
             logits = model(ids, mask)
         # Sum over the micro batch / sequences in the step: the mean over the step, however it is split.
         loss = F.cross_entropy(logits.float(), labels, reduction="sum") / len(idx)
@@ -151,12 +164,15 @@ def _order(seed: int, epoch: int, n: int) -> torch.Tensor:
 
 
 def finetune(backbone: Backbone, data: dict[str, Encoded], num_labels: int, recipe: Recipe, cfg: GUEConfig,
-             seed: int, device: torch.device, desc: str) -> dict:
-    """Fine-tune, keep the best dev-MCC state, score it on test. Returns metrics and test probabilities."""
+             seed: int, device: torch.device, desc: str, lr: float | None = None, rc_data: dict[str, Encoded] | None = None) -> dict:
+    """Fine-tune on data["train"] at `lr` (default: the first of cfg's), scoring data["dev"] along the way;
+    returns the model holding its best dev-MCC state (under "model") and the run's figures. Test is
+    not touched here: the caller scores the state it selects, once."""
+    lr = cfg.lr_list()[0] if lr is None else lr
     from transformers import get_linear_schedule_with_warmup
 
     model = backbone.classifier(num_labels, seed).to(device).train()
-    opt = _optimizer(model, cfg)
+    opt = _optimizer(model, cfg, lr)
     n_train = len(data["train"].labels)
     steps_per_epoch = math.ceil(n_train / cfg.batch_size)
     total = recipe.max_steps if recipe.max_steps > 0 else recipe.epochs * steps_per_epoch
@@ -179,7 +195,7 @@ def finetune(backbone: Backbone, data: dict[str, Encoded], num_labels: int, reci
             bar.update(1)
             bar.set_postfix(loss=f"{loss_sum:.4f}", best_dev_mcc=f"{best['dev_mcc']:.1f}" if best["state"] else "-")
         if _evaluates(recipe, step, total, end_of_epoch):
-            dev, _ = _evaluate(model, data["dev"], cfg, device)
+            dev, _ = score(model, data["dev"], cfg, device, rc=rc_data and rc_data["dev"])
             history.append({"step": step, "epoch": epoch, "train_loss": loss_sum, **{f"dev_{k}": v for k, v in dev.items()}})
             if dev["mcc"] > best["dev_mcc"]:
                 best = {"dev_mcc": dev["mcc"], "step": step, "state": {k: v.detach().clone() for k, v in model.state_dict().items()}}
@@ -190,10 +206,8 @@ def finetune(backbone: Backbone, data: dict[str, Encoded], num_labels: int, reci
     if bar is not None:
         bar.close()
     model.load_state_dict(best["state"])
-    test, probs = _evaluate(model, data["test"], cfg, device)
-    return {"test": test, "best_dev_mcc": best["dev_mcc"], "best_step": best["step"], "steps": total,
-            "epochs_run": round(total / steps_per_epoch, 3), "history": history, "probs": probs,
-            "train_seconds": time.perf_counter() - t0}
+    return {"model": model, "lr": lr, "best_dev_mcc": best["dev_mcc"], "best_step": best["step"], "steps": total,
+            "epochs_run": round(total / steps_per_epoch, 3), "history": history, "train_seconds": time.perf_counter() - t0}
 
 
 def _progress(cfg: GUEConfig, total: int, desc: str):

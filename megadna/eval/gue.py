@@ -1,16 +1,20 @@
-"""GUE (Genome Understanding Evaluation): fine-tune a sequence classifier per dataset and seed, report
+"""GUE (Genome Understanding Evaluation): judge an encoder per dataset, train size and seed, and report
 MCC / macro F1 / accuracy beside the published baselines. See docs/GUE.md.
 
     results = run_gue(GUEConfig(gue_dir="data/GUE", model="runs/hg38-kmer6", output_dir="runs/gue"))
     print(format_table(results))
 
-This module runs datasets x seeds and owns the output folder; the pieces live beside it:
+One unit of work is (dataset, train size, seed). In `--mode finetune` each learning rate of `--lr`
+is fine-tuned, the one with the best dev MCC is kept and only it is scored on test; in `--mode probe`
+the frozen encoder's pooled features (cached in output_dir/embeddings/) feed a logistic regression
+whose C is chosen the same way. The pieces live beside this module:
 - megadna.eval.config: `GUEConfig` and DNABERT-2's per-family recipes (every knob can be overridden).
 - megadna.eval.data: the `GUE/<task>/<dataset>/{train,dev,test}.csv` files, validated as read.
-- megadna.eval.finetune: one (dataset, seed) fine-tuned from a `Backbone` under megadna.model.heads'
-  `BertClassifier`, the best dev-MCC state scored on test.
+- megadna.eval.finetune: one fine-tuning run from a `Backbone`, the best dev-MCC state kept.
+- megadna.eval.probe: features, their cache, the probe.
 - megadna.eval.report: the summary over seeds and the tables beside the baselines.
-Restarts: each finished (dataset, seed) leaves predictions/<task>__<dataset>__seed<k>.csv and then
+- megadna.eval.compare: several arms (models) side by side, paired intervals against a control.
+Restarts: each finished unit leaves predictions/<task>__<dataset>[__n<size>]__seed<k>.csv and then
 runs/<same>.json (written last, so it marks completion); a re-run skips those and re-reports them.
 """
 
@@ -20,6 +24,7 @@ import csv
 import dataclasses
 import io
 import logging
+import time
 from pathlib import Path
 
 import numpy as np
@@ -27,9 +32,11 @@ import torch
 
 from megadna.errors import InputError
 from megadna.eval.config import GUEConfig
-from megadna.eval.data import Split, encode_split, load_dataset, plan_tokens, select_datasets
-from megadna.eval.finetune import Backbone, finetune, load_backbone, resolve_device
+from megadna.eval.data import SPLITS, Split, select_datasets
+from megadna.eval.finetune import Backbone, finetune, load_backbone, resolve_device, score
+from megadna.eval.probe import fit_probe
 from megadna.eval.report import format_table, load_baselines, summarize, write_results
+from megadna.eval.task import Task, prepare_task, swap_tokenizer
 from megadna.jsonfile import read_json_or_none, write_json, write_text
 
 # The public entry points (docs/GUE.md and megadna.experiments.ablation import them from here).
@@ -38,10 +45,12 @@ __all__ = ["GUEConfig", "format_table", "read_finished", "run_gue", "run_name", 
 log = logging.getLogger(__name__)
 
 
-def run_name(name: str, seed: int) -> str:
-    """The stem of a (dataset, seed)'s files in predictions/ and runs/: ("tf/0", 42) -> tf__0__seed42."""
+def run_name(name: str, seed: int, train_size: int = 0) -> str:
+    """The stem of a unit's files in predictions/ and runs/: ("tf/0", 42) -> tf__0__seed42; with a
+    train subset of 500 rows -> tf__0__n500__seed42."""
     task, dataset = name.split("/", 1)
-    return f"{task}__{dataset}__seed{seed}"
+    size = f"__n{train_size}" if train_size else ""
+    return f"{task}__{dataset}{size}__seed{seed}"
 
 
 def write_predictions(path: Path, split: Split, probs: np.ndarray) -> None:
@@ -99,6 +108,8 @@ def run_gue(cfg: GUEConfig | None = None, **fields) -> dict:
     (out / "runs").mkdir(parents=True, exist_ok=True)
     device = resolve_device(cfg.device)
     backbone = load_backbone(cfg)
+    if cfg.finetune_tokenizer:
+        backbone = dataclasses.replace(backbone, tokenizer=swap_tokenizer(backbone.tokenizer, cfg.finetune_tokenizer))
     run_key = {**cfg.run_key(), "model": _model_key(backbone)}
     config = _run_config(cfg, names, backbone, device)
     write_json(out / "config.json", config)
@@ -107,7 +118,11 @@ def run_gue(cfg: GUEConfig | None = None, **fields) -> dict:
     records = []
     for name in names:
         records += _run_dataset(name, seeds, cfg, backbone, device, out, run_key)
-    results = summarize(records, names, seeds, load_baselines())
+    baselines, sizes = load_baselines(), cfg.train_sizes()
+    per_size = {n: summarize([r for r in records if r.get("train_size", 0) == n], names, seeds, baselines) for n in sizes}
+    results = dict(per_size[sizes[-1]])  # the last size of the curve is the headline table (a copy: low_data holds it too)
+    if len(sizes) > 1:
+        results["low_data"] = {str(n): per_size[n] for n in sizes}
     results["config"] = config
     write_results(out, results)
     return results
@@ -124,33 +139,73 @@ def _run_config(cfg: GUEConfig, names: list[str], backbone: Backbone, device: to
 
 def _run_dataset(name: str, seeds: list[int], cfg: GUEConfig, backbone: Backbone, device: torch.device,
                  out: Path, run_key: dict) -> list[dict]:
-    """The records of every seed on one dataset: read back where finished, else fine-tuned and written."""
+    """The records of every (train size, seed) on one dataset: read back where finished, else run and written."""
     records, todo = [], []
-    for seed in seeds:
-        rn = run_name(name, seed)
-        done = read_finished(out / "runs" / f"{rn}.json", out / "predictions" / f"{rn}.csv", run_key)
-        if done is not None:
-            log.info("%s seed %d: finished earlier (test MCC %.2f), skipped", name, seed, done["test"]["mcc"])
-            records.append(done)
-        else:
-            todo.append(seed)
+    for size in cfg.train_sizes():
+        for seed in seeds:
+            rn = run_name(name, seed, size)
+            done = read_finished(out / "runs" / f"{rn}.json", out / "predictions" / f"{rn}.csv", {**run_key, "train_size": size})
+            if done is not None:
+                log.info("%s n=%s seed %d: finished earlier (test MCC %.2f), skipped", name, size or "all", seed, done["test"]["mcc"])
+                records.append(done)
+            else:
+                todo.append((size, seed))
     if not todo:
         return records
-    splits = load_dataset(cfg.gue_dir, name, cfg)
-    max_tokens, truncated = plan_tokens(backbone.tokenizer, splits, backbone.config.max_position_embeddings, cfg.max_tokens, name)
-    data = {s: encode_split(backbone.tokenizer, sp, max_tokens) for s, sp in splits.items()}
-    num_labels = max(2, int(max(sp.labels.max() for sp in splits.values())) + 1)
-    recipe = cfg.resolved_recipe(name)
-    for seed in todo:
-        rn = run_name(name, seed)
-        # `finetune` is looked up here at call time, so tests can replace megadna.eval.gue.finetune.
-        result = finetune(backbone, data, num_labels, recipe, cfg, seed, device, desc=f"{name} seed {seed}")
-        write_predictions(out / "predictions" / f"{rn}.csv", splits["test"], result.pop("probs"))
-        record = {"dataset": name, "seed": seed, **result, "recipe": dataclasses.asdict(recipe), "max_tokens": max_tokens,
-                  "truncated": truncated, "num_labels": num_labels, "sizes": {s: len(sp) for s, sp in splits.items()},
-                  "run_key": run_key}
+    task = prepare_task(name, cfg, backbone.tokenizer, backbone.config.max_position_embeddings, backbone.config.vocab_size)
+    for size, seed in todo:
+        rn = run_name(name, seed, size)
+        unit = task.unit(size, cfg.subsample_seed)
+        desc = f"{name} n={size or 'all'} seed {seed}"
+        if cfg.mode == "probe":
+            result = _probe_unit(task, unit, cfg, backbone, seed, device, out, run_key)
+        else:
+            result = _finetune_unit(task, unit, cfg, backbone, seed, device, desc)
+        write_predictions(out / "predictions" / f"{rn}.csv", task.splits["test"], result.pop("probs"))
+        record = {"dataset": name, "seed": seed, "train_size": size, "mode": cfg.mode, **result, "recipe": dataclasses.asdict(task.recipe),
+                  "max_tokens": task.max_tokens, "truncated": task.truncated, "num_labels": task.num_labels,
+                  "sizes": {"train": len(unit), "dev": len(task.splits["dev"]), "test": len(task.splits["test"])},
+                  "run_key": {**run_key, "train_size": size}}
         write_json(out / "runs" / f"{rn}.json", record)  # last: marks it finished
-        log.info("%s seed %d: test MCC %.2f, F1 %.2f, accuracy %.2f (best dev MCC %.2f at step %d)", name, seed,
-                 result["test"]["mcc"], result["test"]["f1"], result["test"]["accuracy"], result["best_dev_mcc"], result["best_step"])
+        log.info("%s: test MCC %.2f, F1 %.2f, accuracy %.2f (best dev MCC %.2f; chosen %s)", desc,
+                 result["test"]["mcc"], result["test"]["f1"], result["test"]["accuracy"], result["best_dev_mcc"], result["selected"])
         records.append(record)
     return records
+
+
+def _finetune_unit(task: Task, rows: np.ndarray, cfg: GUEConfig, backbone: Backbone, seed: int, device: torch.device, desc: str) -> dict:
+    """Fine-tune once per learning rate of the sweep; the best dev MCC wins (ties: the earlier lr);
+    only the winner is scored on test."""
+    data = {"train": task.train_rows(rows), "dev": task.encoded["dev"]}
+    best, sweep = None, {}
+    for lr in cfg.lr_list():
+        # `finetune` is looked up here at call time, so tests can replace megadna.eval.gue.finetune.
+        result = finetune(backbone, data, task.num_labels, task.recipe, cfg, seed, device, desc=f"{desc} lr {lr:g}", lr=lr,
+                          rc_data=task.rc_encoded and {"dev": task.rc_encoded["dev"]})
+        sweep[f"{lr:g}"] = result["best_dev_mcc"]
+        if best is None or result["best_dev_mcc"] > best["best_dev_mcc"]:
+            best = {**result, "selected": {"lr": lr}}
+    model = best.pop("model")
+    best["test"], best["probs"] = score(model, task.encoded["test"], cfg, device, rc=task.rc_encoded and task.rc_encoded["test"])
+    best["dev_by_lr"] = sweep
+    return best
+
+
+def _probe_unit(task: Task, rows: np.ndarray, cfg: GUEConfig, backbone: Backbone, seed: int, device: torch.device,
+                out: Path, run_key: dict) -> dict:
+    """Frozen features (cached) of the encoder -> logistic regression, C chosen on dev."""
+    # A pre-trained encoder is the same for every seed; a random one is drawn per seed.
+    bert = backbone.bert if backbone.bert is not None else backbone.classifier(task.num_labels, seed).bert
+    model_key = {**run_key["model"], "random_seed": None if backbone.bert is not None else seed}
+    feats, rc_feats = {}, {} if task.rc_encoded else None
+    for split in SPLITS:
+        feats[split] = task.features(bert, split, model_key, cfg, device, out / "embeddings", rc=False)
+        if rc_feats is not None:
+            rc_feats[split] = task.features(bert, split, model_key, cfg, device, out / "embeddings", rc=True)
+    labels = {s: task.encoded[s].labels.numpy() for s in SPLITS}
+    feats["train"], labels["train"] = feats["train"][rows], labels["train"][rows]
+    if rc_feats is not None:
+        rc_feats["train"] = rc_feats["train"][rows]
+    t0 = time.perf_counter()
+    result = fit_probe(feats, labels, cfg.probe_Cs(), seed, rc_feats=rc_feats, num_labels=task.num_labels)
+    return {**result, "best_step": 0, "steps": 0, "train_seconds": time.perf_counter() - t0}

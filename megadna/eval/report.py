@@ -59,14 +59,26 @@ def summarize(records: list[dict], names: list[str], seeds: list[int], baselines
         runs = [by[(n, s)] for s in seeds]
         r.update(family=n.split("/")[0], sizes=runs[0]["sizes"], max_tokens=runs[0]["max_tokens"],
                  truncated=runs[0]["truncated"],
-                 per_seed={str(s): {**by[(n, s)]["test"], "best_dev_mcc": by[(n, s)]["best_dev_mcc"],
-                                    "best_step": by[(n, s)]["best_step"], "steps": by[(n, s)]["steps"]} for s in seeds})
+                 per_seed={str(s): {**by[(n, s)]["test"], "best_dev_mcc": by[(n, s)]["best_dev_mcc"], "selected": by[(n, s)].get("selected"),
+                                    "best_step": by[(n, s)].get("best_step", 0), "steps": by[(n, s)].get("steps", 0)} for s in seeds},
+                 selected=_chosen([by[(n, s)].get("selected") for s in seeds]))
         dataset_rows.append(r)
     families = sorted({n.split("/")[0] for n in names}, key=[n.split("/")[0] for n in names].index)
     family_rows = [row("family", f, [n for n in names if n.split("/")[0] == f]) for f in families]
     overall = row("all", "all", names)
     return {"seeds": seeds, "datasets": dataset_rows, "families": family_rows, "overall": overall,
             "baseline_columns": dict(BASELINE_COLUMNS)}
+
+
+def _chosen(selected: list) -> str:
+    """'lr 0.0001 x2, 0.001 x1' / 'C 0.1 x3': what the dev sweep chose over the seeds."""
+    picks = [next(iter(s.items())) for s in selected if s]
+    if not picks:
+        return ""
+    counts = {}
+    for _, v in picks:
+        counts[v] = counts.get(v, 0) + 1
+    return f"{picks[0][0]} " + ", ".join(f"{v:g} x{c}" for v, c in counts.items())
 
 
 def _cell(mean: float, std: float, n: int) -> str:
@@ -91,7 +103,24 @@ def format_table(results: dict) -> str:
     lines.append("")
     lines.append(f"Test-set scores x 100, {spread}; the state with the best dev MCC is scored. "
                  "Baselines: DNABERT-2 paper, Table 4 (MCC; virus/covid is F1). Family rows average their datasets.")
+    chosen = [f"{r['name']}: {r['selected']}" for r in results["datasets"] if r.get("selected")]
+    if chosen:
+        lines.append("Chosen on dev (per seed): " + "; ".join(chosen) + ".")
+    if results.get("low_data"):
+        lines += ["", _low_data_table(results["low_data"])]
     return "\n".join(lines) + "\n"
+
+
+def _low_data_table(per_size: dict) -> str:
+    """Test MCC per dataset (rows) and train size (columns): the low-data curve."""
+    sizes = list(per_size)
+    heads = ["dataset"] + [f"n={s}" if s != "0" else "all" for s in sizes]
+    lines = ["Low-data curve, test MCC (nested seeded subsets of train):", "",
+             "| " + " | ".join(heads) + " |", "|" + "|".join([" --- "] + [" ---: "] * len(sizes)) + "|"]
+    for i, row in enumerate(per_size[sizes[0]]["datasets"]):
+        cells = [row["name"]] + [_cell(per_size[s]["datasets"][i]["mcc_mean"], per_size[s]["datasets"][i]["mcc_std"], row["n_seeds"]) for s in sizes]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def _results_csv(results: dict) -> str:

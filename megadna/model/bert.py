@@ -224,6 +224,15 @@ class Bert(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         return self.encoder(self.embeddings(input_ids), sdpa_mask(attention_mask))
 
+    def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """The embedding output, then each layer's output (HF's output_hidden_states): num_layers + 1
+        tensors [B, L, hidden_size]; the last is what `forward` returns."""
+        mask = sdpa_mask(attention_mask)
+        out = [self.embeddings(input_ids)]
+        for layer in self.encoder.layer:
+            out.append(layer(out[-1], mask))
+        return out
+
 
 def sdpa_mask(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
     """Key-padding mask for SDPA, or None when nothing is padded.
