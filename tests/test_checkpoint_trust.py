@@ -130,14 +130,6 @@ def test_unreadable_marker_is_named_not_passed_over(tmp_path):
 
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _no_process_group_left_behind():
-    """The in-process runs here create a process group; later test modules (test_multinode's
-    rendezvous tests) need a process without one."""
-    yield
-    if torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
-
 @pytest.fixture(scope="module")
 def one_rank():
     from launch import free_port

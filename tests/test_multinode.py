@@ -7,6 +7,7 @@ mode, with stand-ins for pdsh/ssh that start each "host" locally). The hostfile 
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -296,48 +297,48 @@ def test_killed_node_ends_the_job_in_bounded_time(real_shards, tmp_path):
     print(f"node 0 exited {rc} {detect_s:.1f} s after node 1 was killed")
 
 
-@pytest.fixture
-def rank_env(monkeypatch):
-    """The variables DeepSpeed's launcher sets for one rank of a two-node, one-rank-per-node job."""
-    if torch.distributed.is_initialized():
-        pytest.skip("a process group already exists in this test process")
-
-    def set_rank(rank: int, port: int):
-        for k, v in {"RANK": rank, "WORLD_SIZE": 2, "LOCAL_RANK": 0, "LOCAL_SIZE": 1, "CROSS_RANK": rank, "CROSS_SIZE": 2,
-                     "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port}.items():
-            monkeypatch.setenv(k, str(v))
-    return set_rank
-
-
-def test_rendezvous_names_the_missing_node(rank_env):
-    from megadna.train import distributed
-
-    rank_env(0, free_port())
-    t0 = time.time()
-    with pytest.raises(InputError, match=r"^node rank 1 of 2 \(rank 1\) did not join within 1 s: is its launcher running\? check the hostfile"):
-        distributed.init(timeout=1)
-    assert time.time() - t0 < 5
+RENDEZVOUS = """
+import sys, time
+from megadna.errors import InputError
+from megadna.train import distributed
+t0 = time.time()
+try:
+    distributed.init(timeout=1)
+    print("NO ERROR")
+except InputError as e:
+    print(f"INPUT ERROR {time.time() - t0:.2f} {e}")
+"""
 
 
-def test_rendezvous_without_a_master_says_so(rank_env):
-    from megadna.train import distributed
+def _rendezvous(rank: int, port: int) -> tuple[str, float]:
+    """distributed.init as one rank of a two-node, one-rank-per-node job, in a fresh process (the
+    pytest process may already hold a process group from an in-process training test)."""
+    env = dict(os.environ, RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK="0", LOCAL_SIZE="1", CROSS_RANK=str(rank), CROSS_SIZE="2",
+               MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1")
+    out = subprocess.run([sys.executable, "-c", RENDEZVOUS], env=env, capture_output=True, text=True, timeout=120).stdout.strip().splitlines()[-1]
+    assert out.startswith("INPUT ERROR "), out
+    _, _, seconds, message = out.split(" ", 3)
+    return message, float(seconds)
 
-    rank_env(1, _closed_port())
-    t0 = time.time()
-    with pytest.raises(InputError, match=r"rank 1 \(node rank 1 of 2, host .*\) could not reach the master \(node 0\) at 127\.0\.0\.1:\d+ in \d+ s: is node 0 started\?"):
-        distributed.init(timeout=1)
-    assert time.time() - t0 < 8
+
+def test_rendezvous_names_the_missing_node():
+    message, seconds = _rendezvous(0, free_port())
+    assert re.match(r"^node rank 1 of 2 \(rank 1\) did not join within 1 s: is its launcher running\? check the hostfile", message), message
+    assert seconds < 5
 
 
-def test_rendezvous_port_taken_on_the_master(rank_env):
-    from megadna.train import distributed
+def test_rendezvous_without_a_master_says_so():
+    message, seconds = _rendezvous(1, _closed_port())
+    assert re.search(r"rank 1 \(node rank 1 of 2, host .*\) could not reach the master \(node 0\) at 127\.0\.0\.1:\d+ in \d+ s: is node 0 started\?", message), message
+    assert seconds < 8
 
+
+def test_rendezvous_port_taken_on_the_master():
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
-        rank_env(0, taken.getsockname()[1])
-        with pytest.raises(InputError, match=r"MASTER_PORT \d+ is already in use on 127\.0\.0\.1: another job on this node\?"):
-            distributed.init(timeout=1)
+        message, _ = _rendezvous(0, taken.getsockname()[1])
+    assert re.search(r"MASTER_PORT \d+ is already in use on 127\.0\.0\.1: another job on this node\?", message), message
 
 
 # --------------------------------------------------------------------------------------------------
