@@ -1,7 +1,8 @@
 """The one owner of megadna's JSON files (and other small text records): atomic writes, checked reads.
 
 Every record megadna writes (shard manifests, checkpoint markers, run configs and summaries, GUE
-markers and results, export metadata) goes through `write_json` / `write_text`: a temp file beside the
+markers and results, export metadata) goes through `write_json` / `write_text` (a finished directory,
+such as a shard set or an export, through `replace_dir`): a temp file beside the
 target, then `os.replace`, so a reader never sees half a file and a crash never destroys the previous
 version. Every record it reads goes through `read_json`: plain JSON, never pickle, and a malformed file
 is an `InputError` naming the file and line. `read_json_or_none` is for optional records (restart
@@ -13,6 +14,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 from megadna.errors import InputError
@@ -27,6 +30,25 @@ def write_text(path: str | Path, text: str) -> Path:
     tmp.write_text(text)
     os.replace(tmp, path)
     return path
+
+
+def replace_dir(new: str | Path, out: str | Path) -> None:
+    """Put the finished directory `new` at `out` (the directory counterpart of `write_text`). An empty
+    or absent `out` is replaced in one rename; an existing one is first renamed aside (readers see the
+    old contents or the new, never a mix), put back if the swap fails, and deleted only once the new
+    one is in place. `new` must be on the same filesystem (make it beside `out`)."""
+    new, out = Path(new), Path(out)
+    if not out.exists() or not any(out.iterdir()):
+        os.replace(new, out)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+    os.replace(out, old / "previous")
+    try:
+        os.replace(new, out)
+    except OSError:
+        os.replace(old / "previous", out)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def write_json(path: str | Path, obj, indent: int = 1) -> Path:

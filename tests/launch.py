@@ -43,3 +43,12 @@ def fp32_params(ckpt_dir: Path) -> dict:
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
     return get_fp32_state_dict_from_zero_checkpoint(str(ckpt_dir.parent), tag=ckpt_dir.name)
+
+
+def fake_bin(directory: Path, scripts: dict[str, str]) -> Path:
+    """Stand-in executables (ssh, pdsh, srun, ...) written into `directory`, for PATH to find first."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, text in scripts.items():
+        (directory / name).write_text(text)
+        (directory / name).chmod(0o755)
+    return directory

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from launch import ROOT, env, free_port, pretrain_cmd, run
+from launch import ROOT, env, fake_bin, free_port, pretrain_cmd, run
 
 from megadna.errors import InputError
 from megadna.rundir import RunDir
@@ -217,10 +217,7 @@ def test_multinode_sh_passes_sigterm_to_every_host_and_returns_their_code(tmp_pa
     ranks through `pdsh pkill`, while pdsh itself, in its own session, keeps the hosts' output; the
     script exits after every rank has "saved", with the largest host code."""
     bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    for name, text in (("ssh", FAKE_SSH), ("pdsh", FAKE_PDSH)):
-        (bin_dir / name).write_text(text)
-        (bin_dir / name).chmod(0o755)
+    fake_bin(bin_dir, {"ssh": FAKE_SSH, "pdsh": FAKE_PDSH})
     script = tmp_path / "fake_rank.py"
     script.write_text(FAKE_RANK)
     (tmp_path / "hostfile").write_text("localhost slots=1  # node 0\n127.0.0.1 slots=2\n")
@@ -266,10 +263,7 @@ def test_slurm_sbatch_waits_through_sigterm_and_returns_the_ranks_code(tmp_path,
     """SIGTERM to the batch script's process group (the script and srun, as on preemption): the script
     must not die and take the job step with it; it waits for srun, which waits for every node."""
     bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    for name, text in (("scontrol", FAKE_SCONTROL), ("srun", FAKE_SRUN)):
-        (bin_dir / name).write_text(text)
-        (bin_dir / name).chmod(0o755)
+    fake_bin(bin_dir, {"scontrol": FAKE_SCONTROL, "srun": FAKE_SRUN})
     script = tmp_path / "fake_rank.py"
     script.write_text(FAKE_RANK)
     out = tmp_path / "out"

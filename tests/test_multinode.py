@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from launch import ROOT, fp32_params, free_port, losses
+from launch import ROOT, fake_bin, fp32_params, free_port, losses
 
 from megadna import rundir as ckpt
 from megadna.errors import InputError
@@ -194,10 +194,7 @@ def test_slurm_job_resumes_the_two_node_run_and_saves_on_preemption(two_node_run
     save = tmp_path / "run"
     shutil.copytree(two_node_run["save"], save)  # leave the module's run as it was for the other tests
     bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    for name, text in (("scontrol", FAKE_SCONTROL), ("srun", FAKE_SRUN)):
-        (bin_dir / name).write_text(text)
-        (bin_dir / name).chmod(0o755)
+    fake_bin(bin_dir, {"scontrol": FAKE_SCONTROL, "srun": FAKE_SRUN})
     port = _free_port_between(20000, 40000)
     job_id = 100000 + port - 20000  # the batch script's port, 20000 + job id mod 20000, is then free
     env = _env(PATH=f"{bin_dir}{os.pathsep}{_env()['PATH']}", FAKE_SLURM_HOSTS="localhost 127.0.0.1", FAKE_SLURM_DIR=tmp_path,
@@ -258,15 +255,12 @@ rc=0; for p in "${pids[@]}"; do wait "$p" || rc=$?; done; exit $rc
 
 @pytest.mark.slow
 def test_killed_node_ends_the_job_in_bounded_time(real_shards, tmp_path):
-    """launchers/multinode.sh (DeepSpeed's pdsh mode, stand-in pdsh/ssh) on two "nodes"; once training
+    """launchers/multinode.sh (pdsh runs launchers/node.sh on every host; stand-in pdsh/ssh) on two "nodes"; once training
     runs, node 1 is SIGKILLed whole (launcher, rank, loader worker): node 0 must exit non-zero soon,
     not hang. The kernel closes the dead rank's sockets, so node 0's next collective fails at once."""
     bin_dir, pgids = tmp_path / "bin", tmp_path / "pgids"
-    bin_dir.mkdir()
     pgids.mkdir()
-    for name, text in (("ssh", FAKE_SSH), ("pdsh", FAKE_PDSH)):
-        (bin_dir / name).write_text(text)
-        (bin_dir / name).chmod(0o755)
+    fake_bin(bin_dir, {"ssh": FAKE_SSH, "pdsh": FAKE_PDSH})
     hostfile = tmp_path / "hostfile"
     hostfile.write_text(TWO_NODES)
     save = tmp_path / "run"
@@ -292,7 +286,7 @@ def test_killed_node_ends_the_job_in_bounded_time(real_shards, tmp_path):
     assert rc != 0, out[-4000:]
     assert detect_s < 60, f"node 0 took {detect_s:.0f} s to give up"
     assert "Connection closed by peer" in out or "Connection reset by peer" in out, out[-4000:]
-    # multinode.sh forwarded env.sh's variables to the remote launchers (DS_ENV_FILE).
+    # multinode.sh forwarded env.sh's variables to the remote launchers (exported into each host's node.sh).
     assert "export MEGADNA_DIST_TIMEOUT_S=120;" in out and "export OMP_NUM_THREADS=1;" in out
     print(f"node 0 exited {rc} {detect_s:.1f} s after node 1 was killed")
 

@@ -24,7 +24,7 @@ from megadna import __version__
 from megadna.data.genome import Window, WindowConfig, WindowStats, iter_windows
 from megadna.data.shards import FORMAT, MANIFEST, SPLITS, file_sha256, tar_member
 from megadna.errors import InputError
-from megadna.jsonfile import write_json
+from megadna.jsonfile import replace_dir, write_json
 
 
 @dataclass(frozen=True)
@@ -173,7 +173,7 @@ def write_shards(fasta_paths: Sequence[str | Path], out_dir: str | Path, window_
     try:
         os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it 0700; the set should get the usual permissions
         manifest = _write_set(fasta_paths, tmp, window_cfg, shard_cfg, sources)
-        _swap_in(tmp, out)
+        replace_dir(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return manifest
@@ -252,19 +252,3 @@ def _write_set(fasta_paths, out: Path, window_cfg: WindowConfig, shard_cfg: Shar
     write_json(out / MANIFEST, manifest)
     return manifest
 
-
-def _swap_in(new: Path, out: Path) -> None:
-    """Put the complete set in `new` at `out`. An empty or absent `out` is replaced in one rename; an
-    old set is first renamed aside (its manifest is what readers look for, so they see the old set or
-    the new one, never a mix) and deleted only once the new one is in place."""
-    if not out.exists() or not any(out.iterdir()):
-        os.replace(new, out)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-    os.replace(out, old / "set")
-    try:
-        os.replace(new, out)
-    except OSError:
-        os.replace(old / "set", out)  # put the old set back
-        raise
-    shutil.rmtree(old, ignore_errors=True)

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from megadna.errors import InputError
-from megadna.jsonfile import read_json, write_json, write_text
+from megadna.jsonfile import read_json, replace_dir, write_json, write_text
 from megadna.model import BertForMLM
 from megadna.model.pretrained import load_pretrained
 from megadna.tokenizers import DNATokenizer
@@ -71,7 +71,7 @@ def write_hf_dir(model: BertForMLM, tokenizer: DNATokenizer, out_dir, meta: dict
         meta["verified_max_abs_logit_diff"] = verify_hf_dir(tmp, model, tokenizer, atol=atol, seed=seed)
         write_json(tmp / EXPORT_META, meta)
         write_text(tmp / "README.md", model_card(model, tokenizer, meta))
-        _replace(tmp, out_dir)
+        replace_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -85,16 +85,6 @@ def _set_model_max_length(directory: Path, max_positions: int) -> None:
     config["model_max_length"] = max_positions
     write_json(path, config, indent=2)
 
-
-def _replace(tmp: Path, out_dir: Path) -> None:
-    """Rename tmp to out_dir; an existing out_dir is moved aside first and deleted only after."""
-    old = None
-    if out_dir.exists():
-        old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
-        os.replace(out_dir, old)
-    os.replace(tmp, out_dir)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def random_sequences(n: int, rng: np.random.Generator, min_bp: int, max_bp: int) -> list[str]:

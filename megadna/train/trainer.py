@@ -256,7 +256,8 @@ class Trainer:
         self.step += 1
         self.batches_consumed += self.accum
         self.meter.steps += 1
-        lr = self.engine.get_lr()[0] if self.engine.get_lr() else 0.0
+        lrs = self.engine.get_lr()
+        lr = lrs[0] if lrs else 0.0
         return StepResult(step=self.step, loss=loss, mlm_accuracy=n_correct / max(n_masked, 1), mask_ratio=ratio_sum / (self.accum * self.world),
                           mask_boundary=int(mstats["mask_boundary"]), lr=lr, stop_requested=stops > 0)
 
