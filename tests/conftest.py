@@ -13,6 +13,20 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "slow: multi-process DeepSpeed runs (still part of make test)")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def no_leftover_shm_buffers():
+    """Ranks the tests kill on purpose never unlink DeepSpeed's 66 MB /dev/shm allreduce buffers (a
+    clean run does, see megadna.train.distributed.release_shm_names): remove those this session made,
+    or a day of test runs fills the machine's memory."""
+    from megadna.train.distributed import SHM_DIR
+
+    pattern = "deepspeed_allreduce_buffer_*"
+    before = set(SHM_DIR.glob(pattern))
+    yield
+    for path in set(SHM_DIR.glob(pattern)) - before:
+        path.unlink(missing_ok=True)
+
+
 def pytest_collection_modifyitems(config, items):
     try:
         import torch

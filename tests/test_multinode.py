@@ -534,3 +534,16 @@ def test_check_hostfile_tool_summarises_the_layout(tmp_path):
 def test_shell_scripts_parse():
     for name in ("env.sh", "node.sh", "multinode.sh", "slurm.sbatch"):
         subprocess.run(["bash", "-n", str(ROOT / "launchers" / name)], check=True)
+
+
+def test_a_stale_op_build_lock_is_named_instead_of_waited_on(tmp_path, monkeypatch):
+    from megadna.errors import InputError
+    from megadna.train import distributed
+
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    lock = tmp_path / "fused_adam" / "lock"
+    lock.parent.mkdir()
+    lock.touch()
+    distributed.check_build_locks()  # a build in progress: wait on it, as torch does
+    with pytest.raises(InputError, match=r"fused_adam/lock: build lock of DeepSpeed op 'fused_adam', 20 min old"):
+        distributed.check_build_locks(now=lock.stat().st_mtime + 20 * 60)

@@ -15,6 +15,7 @@ from megadna import rundir as ckpt
 from megadna.errors import InputError
 from megadna.rundir import RunDir
 from megadna.train import load_ds_config
+from megadna.train.distributed import SHM_DIR
 
 pytestmark = pytest.mark.slow
 
@@ -25,8 +26,11 @@ def _ok(proc):
 
 def test_two_rank_zero2_run_learns_on_real_shards(real_shards, tmp_path):
     save = tmp_path / "run"
-    proc = run(pretrain_cmd("--data", real_shards, "--save_dir", save, "--max_steps", 120, "--save_interval", 120, "--eval_interval", 60, "--log_interval", 20, "--masking", "dnabert"))
+    cmd = pretrain_cmd("--data", real_shards, "--save_dir", save, "--max_steps", 120, "--save_interval", 120, "--eval_interval", 60, "--log_interval", 20, "--masking", "dnabert")
+    proc = run(cmd)
     _ok(proc)
+    port = cmd[cmd.index("--master_port") + 1]
+    assert not list(SHM_DIR.glob(f"deepspeed_allreduce_buffer_*_{port}_*")), "DeepSpeed's shared-memory buffers outlived the run"
     ls = losses(save)
     assert len(ls) == 120
     first, last = sum(ls[:15]) / 15, sum(ls[-15:]) / 15

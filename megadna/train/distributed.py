@@ -93,6 +93,7 @@ def init(timeout: float | None = None) -> None:
     server (torch's multi-tenant TCPStore), so no second port is needed.
     """
     global _store
+    check_build_locks()
     t = timeout_s() if timeout is None else float(timeout)
     lay = _layout()
     needed = all(k in os.environ for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"))
@@ -102,6 +103,60 @@ def init(timeout: float | None = None) -> None:
 
     deepspeed.init_distributed(timeout=timedelta(seconds=t))
     timeout_new_groups(t)
+    release_shm_names()
+
+
+STALE_LOCK_S = 15 * 60  # a DeepSpeed op builds in 1-3 min on 2 cores
+
+
+def build_locks() -> list[Path]:
+    """Build locks of torch's JIT extension cache, where DeepSpeed compiles its ops on first use."""
+    root = os.environ.get("TORCH_EXTENSIONS_DIR")
+    if root:
+        return sorted(Path(root).glob("*/lock"))
+    from torch.utils.cpp_extension import get_default_build_root
+
+    return sorted(Path(get_default_build_root()).glob("*/*/lock"))
+
+
+def check_build_locks(now: float | None = None) -> None:
+    """A process killed while compiling a DeepSpeed op leaves its build lock behind, and every later
+    start then waits on it forever without a word. Name such a lock instead."""
+    now = time.time() if now is None else now
+    for lock in build_locks():
+        try:
+            age = now - lock.stat().st_mtime
+        except OSError:
+            continue  # the build finished meanwhile
+        if age > STALE_LOCK_S:
+            raise InputError(f"{lock}: build lock of DeepSpeed op '{lock.parent.name}', {age / 60:.0f} min old; a process "
+                             f"compiling it was killed, and every start would wait on it forever. No build takes that long: "
+                             f"delete the file and start again (the op is rebuilt once).")
+
+
+# DeepSpeed's CPU backend gives each rank a 66 MB shared-memory allreduce buffer, named
+# deepspeed_allreduce_buffer_{uid}_{MASTER_ADDR}_{MASTER_PORT}_{rank} (ops/csrc/cpu/comm/shm.cpp), and
+# never unlinks it: every CPU run left 2 x 66 MB in /dev/shm until reboot (measured: 20 GB after a day
+# of test runs, which starved a 24 GB machine until builds and tests crawled).
+SHM_DIR = Path("/dev/shm")
+
+
+def shm_buffer_path(rank: int) -> Path:
+    return SHM_DIR / f"deepspeed_allreduce_buffer_{os.getuid()}_{os.environ.get('MASTER_ADDR', '')}_{os.environ.get('MASTER_PORT', '')}_{rank}"
+
+
+def release_shm_names() -> None:
+    """Unlink this rank's allreduce buffer name once every rank has mapped every peer's buffer (each
+    rank maps its peers inside init_distributed, so a barrier after it suffices). The mappings stay
+    valid until the processes exit; only the name goes, so nothing is left behind after the run."""
+    if not torch.distributed.is_initialized():
+        return
+    path = shm_buffer_path(torch.distributed.get_rank())
+    if not path.exists():
+        return  # not the CPU backend, or ranks on several nodes (DeepSpeed uses shm only when all are local)
+    if torch.distributed.get_world_size() > 1:
+        torch.distributed.barrier()
+    path.unlink(missing_ok=True)
 
 
 def timeout_new_groups(t: float) -> None:
