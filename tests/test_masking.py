@@ -302,3 +302,7 @@ def test_plot_tool_writes_a_png(tmp_path):
     tool.main(["--policy", "randommask", "--k", "6", "--total_steps", "10000", "--out", str(out),
                "--n_points", "6", "--batch_size", "4", "--seq_len", "128"])
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    three = tmp_path / "with_seq_len.png"
+    tool.main(["--k", "6", "--total_steps", "100", "--out", str(three), "--n_points", "6", "--batch_size", "4", "--seq_len", "128",
+               "--seq_len_schedule", "34:0.3,66:0.6"])
+    assert three.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -237,3 +237,63 @@ def test_too_long_input_is_a_clear_error():
     model = _model(max_position_embeddings=32)
     with pytest.raises(InputError, match="max_position_embeddings 32"):
         model(torch.full((1, 33), 7))
+
+
+# --------------------------------------------------------------------------------------------------
+# The k-mer basis (ModelConfig.kmer_basis): trained as a factorised table, exported as a plain one
+# --------------------------------------------------------------------------------------------------
+
+
+def test_kmer_base_index_spells_every_kmer_of_both_vocabularies():
+    from megadna.tokenizers import get_tokenizer
+    from megadna.tokenizers.kmer import kmer_base_index
+
+    for name in ("kmer3", "nkmer3"):
+        tok = get_tokenizer(name)
+        index = kmer_base_index(3, tok.vocab_size)
+        for token_id in range(tok.vocab_size):
+            spelled = "".join("ACGT"[c % 4] for c in index[token_id]) if index[token_id, 0] >= 0 else None
+            token = tok.vocab[token_id]
+            if len(token) == 3 and set(token) <= set("ACGT"):
+                assert spelled == token and list(index[token_id] // 4) == [0, 1, 2], (name, token_id)
+            else:
+                assert (index[token_id] == -1).all(), (name, token)  # specials, single bases
+
+
+def test_kmer_basis_embeds_a_kmer_as_the_sum_of_its_bases_plus_the_residual():
+    model = _model(kmer_basis=6)
+    emb = model.bert.embeddings
+    acgtac = 5 + int("012301", 4)  # rank of ACGTAC in base 4
+    expected = emb.word_embeddings.weight[acgtac] + sum(emb.kmer_basis.weight[4 * j + "ACGT".index(b)] for j, b in enumerate("ACGTAC"))
+    assert torch.allclose(emb.word_weight()[acgtac], expected)
+    assert torch.equal(emb.word_weight()[:5], emb.word_embeddings.weight[:5])  # specials: residual only
+
+
+def test_materialized_basis_model_is_plain_bert_with_equal_logits_and_loss():
+    model = _model(kmer_basis=6).eval()
+    plain = model.materialized()
+    assert plain.config.kmer_basis == 0 and not any("kmer_basis" in k for k in plain.state_dict())
+    ids, mask = _batch(pad_from=30)
+    with torch.no_grad():
+        assert torch.allclose(model(ids, mask)["logits"], plain(ids, mask)["logits"], atol=1e-5)
+        assert torch.allclose(_hf(plain)(input_ids=ids, attention_mask=mask).logits, model(ids, mask)["logits"], atol=1e-4)
+    labels = torch.where(torch.rand(ids.shape, generator=torch.Generator().manual_seed(3)) < 0.3, ids, -100)
+    with torch.no_grad():
+        assert torch.allclose(model(ids, mask, labels)["loss"], plain(ids, mask, labels)["loss"], atol=1e-5)
+    assert _model().materialized().config.kmer_basis == 0
+
+
+def test_basis_gradients_reach_the_basis_and_the_residual():
+    model = _model(kmer_basis=6)
+    ids, _ = _batch()
+    labels = torch.where(torch.rand(ids.shape, generator=torch.Generator().manual_seed(3)) < 0.3, ids, -100)
+    model(ids, None, labels)["loss"].backward()
+    assert model.bert.embeddings.kmer_basis.weight.grad.abs().sum() > 0
+    assert model.bert.embeddings.word_embeddings.weight.grad.abs().sum() > 0
+
+
+def test_kmer_basis_config_is_checked():
+    with pytest.raises(InputError, match="kmer_basis 6 needs the 4096 k-mers"):
+        model_config("tiny", 100, kmer_basis=6)
+    with pytest.raises(InputError, match="kmer_basis must be 0"):
+        model_config("tiny", VOCAB, kmer_basis=-1)

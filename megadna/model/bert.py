@@ -15,14 +15,15 @@ Two things differ from HF on purpose, both invisible in the weights:
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from megadna.errors import InputError
-from megadna.tokenizers.base import IGNORE_INDEX
+from megadna.tokenizers.base import IGNORE_INDEX, N_SPECIAL
+from megadna.tokenizers.kmer import kmer_base_index
 
 
 @dataclass
@@ -39,6 +40,9 @@ class ModelConfig:
     attention_dropout: float = 0.1
     initializer_range: float = 0.02  # std of the normal init, as HF
     pad_token_id: int = 0
+    # k > 0: the k-mer token embeddings are built from k per-position base embeddings plus a learned
+    # residual (see KmerBasis); folded into a plain table by `materialized()`, so exports stay BERT.
+    kmer_basis: int = 0
 
     def __post_init__(self):
         for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size",
@@ -56,6 +60,11 @@ class ModelConfig:
                 raise InputError(f"model config: {name} must be in [0, 1), got {getattr(self, name)!r}")
         if self.layer_norm_eps <= 0 or self.initializer_range <= 0:
             raise InputError("model config: layer_norm_eps and initializer_range must be positive")
+        if not isinstance(self.kmer_basis, int) or isinstance(self.kmer_basis, bool) or not 0 <= self.kmer_basis <= 8:
+            raise InputError(f"model config: kmer_basis must be 0 (off) or the k of a k-mer vocabulary (1-8), got {self.kmer_basis!r}")
+        if self.kmer_basis and self.vocab_size < N_SPECIAL + 4**self.kmer_basis:
+            raise InputError(f"model config: kmer_basis {self.kmer_basis} needs the {4**self.kmer_basis} k-mers of a k-mer "
+                             f"vocabulary, but vocab_size is {self.vocab_size}")
         if not 0 <= self.pad_token_id < self.vocab_size:
             raise InputError(
                 f"model config: pad_token_id {self.pad_token_id} is outside the vocabulary "
@@ -113,10 +122,36 @@ def model_config(preset: str, vocab_size: int, **overrides) -> ModelConfig:
     return ModelConfig(**fields)
 
 
+class KmerBasis(nn.Module):
+    """Embeddings of k-mer tokens built from their bases: the row of k-mer b_1..b_k is
+    sum_j weight[4 j + b_j], added to the word-embedding table, which becomes a residual.
+
+    Why: a plain table learns each of the 4^k rows from its own occurrences only (1/4096 of the
+    data for 6-mers) and, being tied to the output layer, must also learn to tell 4,096 classes
+    apart, before the model can use the fact that neighbouring tokens share k - 1 bases. With the
+    basis, a token's bases are linear in its embedding from step 0 and every occurrence of a base
+    at a position trains the same row (docs/PAPER.md measures the effect). The effective table is an
+    ordinary [vocab, hidden] matrix; `BertForMLM.materialized()` folds it into `word_embeddings`.
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(4 * cfg.kmer_basis, cfg.hidden_size))
+        index = torch.from_numpy(kmer_base_index(cfg.kmer_basis, cfg.vocab_size))
+        self.register_buffer("index", index.clamp(min=0), persistent=False)  # [vocab, k]
+        self.register_buffer("present", (index >= 0).unsqueeze(-1), persistent=False)  # [vocab, k, 1]
+
+    def forward(self) -> torch.Tensor:
+        """[vocab, hidden]: the basis part of every token's embedding (zero for non-k-mer rows)."""
+        return (self.weight[self.index] * self.present.to(self.weight.dtype)).sum(dim=1)
+
+
 class Embeddings(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.word_embeddings = nn.Embedding(cfg.vocab_size, cfg.hidden_size, padding_idx=cfg.pad_token_id)
+        if cfg.kmer_basis:
+            self.kmer_basis = KmerBasis(cfg)
         self.position_embeddings = nn.Embedding(cfg.max_position_embeddings, cfg.hidden_size)
         self.token_type_embeddings = nn.Embedding(cfg.type_vocab_size, cfg.hidden_size)
         self.LayerNorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
@@ -131,10 +166,15 @@ class Embeddings(nn.Module):
             )
         # Every token is type 0 and positions are 0..L-1, so both are row slices broadcast over the
         # batch, not lookups (HF computes the same from its position_ids/token_type_ids buffers).
-        x = (self.word_embeddings(input_ids)
+        x = (F.embedding(input_ids, self.word_weight(), padding_idx=self.word_embeddings.padding_idx)
              + self.position_embeddings.weight[:L]
              + self.token_type_embeddings.weight[0])
         return self.dropout(self.LayerNorm(x))
+
+    def word_weight(self) -> torch.Tensor:
+        """The [vocab, hidden] token embedding table (also the tied MLM decoder)."""
+        basis = getattr(self, "kmer_basis", None)
+        return self.word_embeddings.weight if basis is None else self.word_embeddings.weight + basis()
 
 
 class SelfAttention(nn.Module):
@@ -266,22 +306,25 @@ class PredictionHeadTransform(nn.Module):
 class LMPredictionHead(nn.Module):
     """transform, then the decoder onto the vocabulary; decoder weight tied to word embeddings."""
 
-    def __init__(self, cfg: ModelConfig, word_embeddings: nn.Embedding):
+    def __init__(self, cfg: ModelConfig, embeddings: Embeddings):
         super().__init__()
         self.transform = PredictionHeadTransform(cfg)
         self.decoder = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
-        self.decoder.weight = word_embeddings.weight  # tied: one tensor, two state_dict keys (as HF)
+        self.decoder.weight = embeddings.word_embeddings.weight  # tied: one tensor, two state_dict keys (as HF)
         self.bias = nn.Parameter(torch.zeros(cfg.vocab_size))
         self.decoder.bias = self.bias  # HF keeps both `cls.predictions.bias` and `.decoder.bias`, one tensor
+        self._word_weight = embeddings.word_weight if cfg.kmer_basis else None  # the k-mer basis is tied too
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.decoder(self.transform(x))
+        if self._word_weight is None:
+            return self.decoder(self.transform(x))
+        return F.linear(self.transform(x), self._word_weight(), self.bias)
 
 
 class OnlyMLMHead(nn.Module):
-    def __init__(self, cfg: ModelConfig, word_embeddings: nn.Embedding):
+    def __init__(self, cfg: ModelConfig, embeddings: Embeddings):
         super().__init__()
-        self.predictions = LMPredictionHead(cfg, word_embeddings)
+        self.predictions = LMPredictionHead(cfg, embeddings)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.predictions(x)
@@ -292,7 +335,7 @@ class BertForMLM(nn.Module):
         super().__init__()
         self.config = cfg
         self.bert = Bert(cfg)
-        self.cls = OnlyMLMHead(cfg, self.bert.embeddings.word_embeddings)
+        self.cls = OnlyMLMHead(cfg, self.bert.embeddings)
         self.apply(self._init_weights)
 
     def _init_weights(self, module: nn.Module) -> None:
@@ -314,6 +357,21 @@ class BertForMLM(nn.Module):
             nn.init.zeros_(module.bias)
         elif isinstance(module, LMPredictionHead):
             nn.init.zeros_(module.bias)
+        elif isinstance(module, KmerBasis):
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+
+    def materialized(self) -> BertForMLM:
+        """This model with any k-mer basis folded into the word embeddings: a plain BERT whose
+        state_dict has exactly Hugging Face's keys, computing the same function. Itself if no basis."""
+        if not self.config.kmer_basis:
+            return self
+        plain = BertForMLM(replace(self.config, kmer_basis=0))
+        state = {k: v for k, v in self.state_dict().items() if ".kmer_basis." not in k}
+        with torch.no_grad():
+            table = self.bert.embeddings.word_weight().detach()
+        state["bert.embeddings.word_embeddings.weight"] = state["cls.predictions.decoder.weight"] = table
+        plain.load_state_dict(state, strict=True)
+        return plain.to(table.device).train(self.training)
 
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Last hidden states [B, L, hidden_size], for downstream classifiers."""

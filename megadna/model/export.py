@@ -61,7 +61,7 @@ def write_hf_dir(model: BertForMLM, tokenizer: DNATokenizer, out_dir, meta: dict
     tmp = out_dir.parent / f".{out_dir.name}.partial-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     meta = dict(meta or {"format": EXPORT_FORMAT, "model": model.config.to_dict(), "tokenizer": tokenizer.to_dict()})
-    model = model.float().cpu().eval()
+    model = model.materialized().float().cpu().eval()
     try:
         hf = BertForMaskedLM(model.config.to_hf_config())
         hf.load_state_dict(model.state_dict(), strict=True)

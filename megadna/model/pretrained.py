@@ -101,7 +101,7 @@ def _load_checkpoint(d: Path, device) -> tuple[BertForMLM, DNATokenizer, dict]:
         state = zero_fp32_state_dict(d)
     model = _build(cfg, state, d)
     info = {"kind": "checkpoint", "path": str(d), "global_step": int(meta.get("global_step", -1)),
-            "model": cfg.to_dict(), "tokenizer": tokenizer.to_dict()}
+            "model": model.config.to_dict(), "tokenizer": tokenizer.to_dict()}
     return model.to(device), tokenizer, info
 
 
@@ -216,4 +216,4 @@ def _build(cfg: ModelConfig, state: dict[str, torch.Tensor], where: Path) -> Ber
         if tuple(state[k].shape) != tuple(v.shape):
             raise InputError(f"{where}: weight {k} has shape {tuple(state[k].shape)}, the model config expects {tuple(v.shape)}")
     model.load_state_dict(state, strict=True)
-    return model.eval()
+    return model.materialized().eval()  # a k-mer basis folded in: everything downstream sees plain BERT

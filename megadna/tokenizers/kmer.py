@@ -47,6 +47,17 @@ def kmer_strings(k: int) -> list[str]:
     return letter_bytes(digits).view(f"S{k}").ravel().astype(str).tolist()
 
 
+def kmer_base_index(k: int, vocab_size: int) -> np.ndarray:
+    """int64 [vocab_size, k]: for the k-mer token with id N_SPECIAL + rank (both k-mer vocabularies put
+    the 4^k k-mers there, in `kmer_strings` order), 4 * position + base code of each of its bases; -1
+    on every other row (specials, single bases). The layout the model's k-mer basis embeds from."""
+    index = np.full((vocab_size, k), -1, dtype=np.int64)
+    ranks = np.arange(4**k, dtype=np.int64)
+    digits = (ranks[:, None] >> (2 * np.arange(k - 1, -1, -1))) & 3
+    index[N_SPECIAL : N_SPECIAL + 4**k] = 4 * np.arange(k) + digits
+    return index
+
+
 def _token_id_of_base5(k: int) -> np.ndarray:
     """int32 [5^k]: base-5 k-mer value -> token id; [UNK] where any digit is N (4)."""
     values = np.arange(5**k, dtype=np.int64)

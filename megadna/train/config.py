@@ -13,6 +13,7 @@ from megadna.errors import InputError
 from megadna.jsonfile import read_json
 from megadna.masking import POLICIES, MaskingConfig
 from megadna.model import PRESETS
+from megadna.seqlen import parse_schedule
 
 
 @dataclass
@@ -23,6 +24,8 @@ class TrainConfig:
     masking: str = field(default="randommask", metadata={"help": "bert | dnabert | randommask"})
     mask_ratio: float = field(default=0.15, metadata={"help": "target share of maskable tokens masked"})
     max_boundary: int = field(default=0, metadata={"help": "RandomMask B_max in tokens (0: the masking module's default, 2k)"})
+    seq_len_schedule: str = field(default="", metadata={"help": "sequence-length curriculum TOKENS:FRACTION,...: e.g. 34:0.3,130:0.6 trains on 34-token pieces of each window until 30%% of max_steps, 130 until 60%%, then whole windows (empty: whole windows throughout)"})
+    kmer_basis: bool = field(default=False, metadata={"help": "build k-mer token embeddings from per-position base embeddings plus a learned residual (k-mer tokenizers only; folded into a plain table at export)"})
     mask_phases: int = field(default=5, metadata={"help": "RandomMask phases over the run"})
     max_steps: int = field(default=300, metadata={"help": "optimizer steps (global_step) to train to"})
     save_dir: str = field(default="runs/demo", metadata={"help": "checkpoints, TensorBoard logs and the resolved config go here"})
@@ -44,6 +47,7 @@ class TrainConfig:
             raise InputError(f"--masking must be one of {', '.join(POLICIES)}, got {self.masking!r}")
         if self.max_steps < 1 or self.save_interval < 1 or self.log_interval < 1:
             raise InputError("--max_steps, --save_interval and --log_interval must be >= 1")
+        parse_schedule(self.seq_len_schedule)
         if self.model not in PRESETS:
             raise InputError(f"--model {self.model!r} is not a preset; choose from {', '.join(PRESETS)}")
 

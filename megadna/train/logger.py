@@ -24,6 +24,7 @@ class StepResult:
     mlm_accuracy: float
     mask_ratio: float  # realised share of maskable tokens masked
     mask_boundary: int  # the masking curriculum's span bound at this step, in tokens
+    seq_len: int  # the sequence-length curriculum's tokens per sequence at this step
     lr: float
     stop_requested: bool  # some rank got SIGTERM/SIGINT: every rank saves and stops together
 
@@ -61,7 +62,7 @@ class RunLogger:
         self._window_losses.append(r.loss)
         if not self.is_main:
             return
-        self._jsonl.write(json.dumps({"step": r.step, "loss": r.loss, "mask_boundary": r.mask_boundary, "mlm_accuracy": r.mlm_accuracy, "lr": r.lr}) + "\n")
+        self._jsonl.write(json.dumps({"step": r.step, "loss": r.loss, "mask_boundary": r.mask_boundary, "seq_len": r.seq_len, "mlm_accuracy": r.mlm_accuracy, "lr": r.lr}) + "\n")
         self._jsonl.flush()
         if self._bar is not None:
             self._bar.update(1)
@@ -77,13 +78,13 @@ class RunLogger:
         mfu = f"{t.mfu:.1%}" if t.mfu is not None else "n/a"
         line = (
             f"step {r.step}/{self.max_steps} | loss {r.loss:.4f} (mean {mean:.4f}) | mlm acc {r.mlm_accuracy:.3f} | lr {r.lr:.2e} | "
-            f"boundary {r.mask_boundary} | mask {r.mask_ratio:.3f} | {t.tokens_per_s / 1e3:.1f}k tok/s | MFU {mfu} | "
+            f"boundary {r.mask_boundary} | len {r.seq_len} | mask {r.mask_ratio:.3f} | {t.tokens_per_s / 1e3:.1f}k tok/s | MFU {mfu} | "
             f"data {t.data_wait_share:.1%} | gnorm {t.grad_norm:.2f} | pos {position} | ETA {format_eta(eta)}"
         )
         self.write(line)
         scalars = {
             "train/loss": r.loss, "train/loss_window_mean": mean, "train/mlm_accuracy": r.mlm_accuracy, "train/lr": r.lr,
-            "train/mask_boundary": r.mask_boundary, "train/mask_ratio": r.mask_ratio, "train/grad_norm": t.grad_norm,
+            "train/mask_boundary": r.mask_boundary, "train/seq_len": r.seq_len, "train/mask_ratio": r.mask_ratio, "train/grad_norm": t.grad_norm,
             "perf/tokens_per_s": t.tokens_per_s, "perf/data_wait_share": t.data_wait_share,
         }
         if t.mfu is not None:

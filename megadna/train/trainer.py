@@ -31,6 +31,7 @@ from megadna.jsonfile import write_json
 from megadna.masking import apply_masking
 from megadna.model import BertForMLM, model_config
 from megadna.rundir import RunDir
+from megadna.seqlen import parse_schedule, seq_len_at, split_windows
 from megadna.tokenizers import get_tokenizer, load_tokenizer
 from megadna.train import distributed
 from megadna.train.config import TrainConfig, load_ds_config, precision
@@ -80,6 +81,13 @@ class _Preemption:
 
 
 @torch.no_grad()
+def kmer_basis_k(tokenizer) -> int:
+    """The k of --kmer_basis: k-mer tokenizers only (their vocabularies hold the 4^k k-mers in one layout)."""
+    if getattr(tokenizer, "name", "").rstrip("0123456789") not in ("kmer", "nkmer"):
+        raise InputError(f"--kmer_basis needs a k-mer tokenizer (kmer<k> or nkmer<k>), not {getattr(tokenizer, 'name', tokenizer)!r}")
+    return tokenizer.k
+
+
 def to_device(batch: dict, device) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Token ids and attention mask on the device. The mask is dropped when nothing is padded, decided
     on the host copy for free: no mask keeps SDPA's flash path and spares the model a device sync to find
@@ -134,9 +142,10 @@ class Trainer:
         distributed.check_consistent(self.manifest, "data manifest", hint=f"{self.data_dir} differs between nodes: give every node the same shards (tools/make_shards.py --verify)")
         # On resume the tokenizer comes from the checkpoint (a BPE directory may have moved since).
         self.tokenizer = load_tokenizer(self.resume_dir / ckpt.TOKENIZER_DIR) if self.resume_dir else get_tokenizer(cfg.tokenizer)
-        self.mcfg = model_config(cfg.model, vocab_size=self.tokenizer.vocab_size)
+        self.mcfg = model_config(cfg.model, vocab_size=self.tokenizer.vocab_size, kmer_basis=kmer_basis_k(self.tokenizer) if cfg.kmer_basis else 0)
         self.max_tokens = sequence_tokens(self.tokenizer, self.manifest["window_config"]["window"], self.mcfg.max_position_embeddings, cfg.max_tokens)
         self.masking = cfg.masking_config()
+        self.seq_stages = parse_schedule(cfg.seq_len_schedule)
         # A span of m tokens hides m - k + 1 bases only for overlapping k-mers; other tokenizers span from 1.
         self.span_k = self.tokenizer.k if self.tokenizer.overlapping else 1
         distributed.check_consistent(
@@ -232,11 +241,12 @@ class Trainer:
         _seed_everything(cfg.seed, step, self.rank)
         sums = {"loss": 0.0, "n_masked": 0, "n_correct": 0, "mask_ratio": 0.0}
         totals = torch.zeros(len(sums) + 1, device=self.device)
+        seq_len = seq_len_at(self.seq_stages, step, cfg.max_steps, self.max_tokens)
         for micro_step in range(self.accum):
             t0 = time.perf_counter()
             batch = next(self.loader)
             self.meter.data_wait += time.perf_counter() - t0
-            ids, attn = to_device(batch, self.device)
+            ids, attn = split_windows(*to_device(batch, self.device), seq_len)
             masked, labels, mstats = apply_masking(
                 ids, cfg=self.masking, k=self.span_k, global_step=step, seed=cfg.seed, rank=self.rank, micro_step=micro_step,
                 total_steps=cfg.max_steps, vocab_size=self.tokenizer.vocab_size,
@@ -259,7 +269,7 @@ class Trainer:
         lrs = self.engine.get_lr()
         lr = lrs[0] if lrs else 0.0
         return StepResult(step=self.step, loss=loss, mlm_accuracy=n_correct / max(n_masked, 1), mask_ratio=ratio_sum / (self.accum * self.world),
-                          mask_boundary=int(mstats["mask_boundary"]), lr=lr, stop_requested=stops > 0)
+                          mask_boundary=int(mstats["mask_boundary"]), seq_len=seq_len, lr=lr, stop_requested=stops > 0)
 
     def _log(self, r: StepResult) -> dict:
         window = self.meter.window()

@@ -1,0 +1,63 @@
+"""The sequence-length curriculum: the staircase, and windows cut into pieces without losing a token."""
+
+import pytest
+import torch
+
+from megadna.errors import InputError
+from megadna.seqlen import Stage, parse_schedule, seq_len_at, split_windows
+from megadna.train.config import TrainConfig
+
+
+def test_parse_and_staircase():
+    stages = parse_schedule("34:0.3, 130:0.6")
+    assert stages == (Stage(34, 0.3), Stage(130, 0.6))
+    lengths = [seq_len_at(stages, s, 100, 507) for s in range(100)]
+    assert lengths[:30] == [34] * 30 and lengths[30:60] == [130] * 30 and lengths[60:] == [507] * 40
+    assert seq_len_at(parse_schedule("600:0.5"), 0, 10, 507) == 507  # never longer than the window
+    assert parse_schedule("") == () and seq_len_at((), 5, 10, 507) == 507
+
+
+@pytest.mark.parametrize("text, match", [
+    ("34", "TOKENS:FRACTION"), ("x:0.3", "not TOKENS:FRACTION"), ("2:0.3", "TOKENS >= 3"),
+    ("130:0.3,34:0.6", "must grow"), ("34:0.6,130:0.3", "must grow"), ("34:1.0", r"in \(0, 1\)"), ("34:0", r"in \(0, 1\)"),
+])
+def test_bad_schedules_are_named(text, match):
+    with pytest.raises(InputError, match=match):
+        parse_schedule(text)
+    with pytest.raises(InputError, match=match):
+        TrainConfig(seq_len_schedule=text)
+
+
+def _windows(B=3, L=23, pad_from=None):
+    ids = torch.arange(100, 100 + B * L).reshape(B, L)
+    ids[:, 0], ids[:, -1] = 2, 3
+    mask = None
+    if pad_from is not None:
+        mask = torch.ones(B, L, dtype=torch.long)
+        ids[1, pad_from - 1], ids[1, pad_from:], mask[1, pad_from:] = 3, 0, 0
+    return ids, mask
+
+
+def test_pieces_hold_every_body_token_in_order_when_they_divide_the_window():
+    ids, _ = _windows(B=3, L=23)  # 21 body tokens -> 3 pieces of 7
+    pieces, mask = split_windows(ids, None, 9)
+    assert mask is None and pieces.shape == (9, 9)
+    assert (pieces[:, 0] == 2).all() and (pieces[:, -1] == 3).all()
+    assert torch.equal(pieces[:, 1:-1].reshape(3, 21), ids[:, 1:-1])
+
+
+def test_a_short_tail_is_dropped_and_full_length_is_unchanged():
+    ids, _ = _windows(B=2, L=23)  # 21 body tokens -> 2 pieces of 8, 5 dropped
+    pieces, _ = split_windows(ids, None, 10)
+    assert pieces.shape == (4, 10) and torch.equal(pieces[:, 1:-1].reshape(2, 16), ids[:, 1:17])
+    same, _ = split_windows(ids, None, 23)
+    assert same is ids
+
+
+def test_padded_rows_keep_their_mask_and_empty_pieces_go():
+    ids, mask = _windows(B=3, L=23, pad_from=8)  # row 1: [CLS] 6 tokens [SEP] then padding
+    pieces, pmask = split_windows(ids, mask, 9)
+    assert pieces.shape == (7, 9) and pmask.shape == (7, 9)  # row 1 keeps only its first piece
+    row1 = pieces[3]
+    assert row1.tolist()[:8] == ids[1, :8].tolist() and pmask[3].tolist() == [1] * 8 + [1]
+    assert (pieces[pmask == 0] == 0).all()  # padding stays [PAD], masked out
