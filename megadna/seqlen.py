@@ -8,7 +8,9 @@ at 126 tokens the masked-token accuracy stayed at chance for 4,000 steps, at 32 
 after ~1,500 (docs/PAPER.md). BERT itself pre-trained 90% of its steps at 128 tokens, then 512.
 
 The schedule is a staircase of stages, `"32:0.3,128:0.6"`: 32 tokens per sequence until 30% of
-max_steps, 128 until 60%, then the full window. Like masking, it is a pure function of
+max_steps, 128 until 60%, then the full window. A last stage ending at 1 (`"32:0.3,128:1"`) never
+reaches whole windows: a model for short inputs (every GUE sequence here is <= 101 bp), trained
+without the cost of the longest positions. Like masking, it is a pure function of
 (global_step, max_steps) applied on the device inside the step, so a resumed run is exactly where
 the step says, whatever the loader prefetched, and the data stream does not change at all.
 
@@ -55,8 +57,8 @@ def parse_schedule(text: str) -> tuple[Stage, ...]:
     for a, b in zip(stages, stages[1:]):
         if not (a.tokens < b.tokens and a.until < b.until):
             raise InputError(f"--seq_len_schedule {text!r}: stages must grow in both length and end fraction")
-    if not (0 < stages[0].until and stages[-1].until < 1):
-        raise InputError(f"--seq_len_schedule {text!r}: end fractions must lie in (0, 1); the full window takes the rest")
+    if not (0 < stages[0].until and stages[-1].until <= 1):
+        raise InputError(f"--seq_len_schedule {text!r}: end fractions must lie in (0, 1]; whole windows take the rest (none with 1)")
     return tuple(stages)
 
 

@@ -297,3 +297,22 @@ def test_kmer_basis_config_is_checked():
         model_config("tiny", 100, kmer_basis=6)
     with pytest.raises(InputError, match="kmer_basis must be 0"):
         model_config("tiny", VOCAB, kmer_basis=-1)
+
+
+def test_classifier_reads_cls_or_the_mean_over_real_tokens():
+    from megadna.model.heads import BertClassifier
+
+    model = _model().eval()
+    ids, mask = _batch(pad_from=30)
+    torch.manual_seed(0)
+    cls_head = BertClassifier(model.bert, model.config, 2, pooling="cls").eval()
+    torch.manual_seed(0)
+    mean_head = BertClassifier(model.bert, model.config, 2, pooling="mean").eval()
+    with torch.no_grad():
+        h = model.bert(ids, mask)
+        m = mask.float().unsqueeze(-1)
+        for head, pooled in ((cls_head, h[:, 0]), (mean_head, (h * m).sum(1) / m.sum(1))):
+            expected = head.classifier(torch.tanh(head.pooler(pooled)))
+            assert torch.allclose(head(ids, mask), expected, atol=1e-6)
+    with pytest.raises(ValueError, match="pooling"):
+        BertClassifier(model.bert, model.config, 2, pooling="max")

@@ -15,11 +15,12 @@ def test_parse_and_staircase():
     assert lengths[:30] == [34] * 30 and lengths[30:60] == [130] * 30 and lengths[60:] == [507] * 40
     assert seq_len_at(parse_schedule("600:0.5"), 0, 10, 507) == 507  # never longer than the window
     assert parse_schedule("") == () and seq_len_at((), 5, 10, 507) == 507
+    assert [seq_len_at(parse_schedule("34:0.5,130:1"), s, 10, 507) for s in (4, 5, 9)] == [34, 130, 130]  # never whole windows
 
 
 @pytest.mark.parametrize("text, match", [
     ("34", "TOKENS:FRACTION"), ("x:0.3", "not TOKENS:FRACTION"), ("2:0.3", "TOKENS >= 3"),
-    ("130:0.3,34:0.6", "must grow"), ("34:0.6,130:0.3", "must grow"), ("34:1.0", r"in \(0, 1\)"), ("34:0", r"in \(0, 1\)"),
+    ("130:0.3,34:0.6", "must grow"), ("34:0.6,130:0.3", "must grow"), ("34:1.5", r"in \(0, 1\]"), ("34:0", r"in \(0, 1\]"),
 ])
 def test_bad_schedules_are_named(text, match):
     with pytest.raises(InputError, match=match):

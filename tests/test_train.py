@@ -45,7 +45,10 @@ def test_two_rank_zero2_run_learns_on_real_shards(real_shards, tmp_path):
 
 
 def test_resume_equals_uninterrupted(real_shards, tmp_path):
-    common = ("--data", real_shards, "--max_steps", 20, "--save_interval", 10, "--eval_interval", 0, "--log_interval", 5, "--num_workers", 2, "--masking", "randommask", "--keep_last", 5)
+    # With both curricula: pieces of 34 tokens until step 6, 130 until 12, whole windows after the resume
+    # at 10 (exact resume inside a stage and across a stage change), and the k-mer basis embeddings.
+    common = ("--data", real_shards, "--max_steps", 20, "--save_interval", 10, "--eval_interval", 0, "--log_interval", 5, "--num_workers", 2, "--masking", "randommask", "--keep_last", 5,
+              "--seq_len_schedule", "34:0.3,130:0.6", "--kmer_basis", "true")
     straight, split = tmp_path / "straight", tmp_path / "split"
     _ok(run(pretrain_cmd(*common, "--save_dir", straight)))
     _ok(run(pretrain_cmd(*common, "--save_dir", split, "--stop_at_step", 10)))
@@ -59,6 +62,8 @@ def test_resume_equals_uninterrupted(real_shards, tmp_path):
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
+    assert "bert.embeddings.kmer_basis.weight" in a
+    assert [r["seq_len"] for r in RunDir(split).read_metrics()][::5] == [34, 34, 130, 507]  # steps 1, 6, 11, 16
 
 
 def _wait_for(predicate, timeout, proc):

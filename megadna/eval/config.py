@@ -56,6 +56,7 @@ class GUEConfig:
     mode: str = field(default="finetune", metadata={"help": "finetune (the whole model, lr chosen on dev) | probe (frozen encoder, pooled features, logistic regression)"})
     probe_layer: int = field(default=-1, metadata={"help": "probe: the encoder output used (-1: last layer, 0: embeddings, k: layer k)"})
     pooling: str = field(default="mean", metadata={"help": "probe: mean (over the sequence's tokens) | cls"})
+    head_pooling: str = field(default="cls", metadata={"help": "finetune: what the classifier reads, cls (HF's BertForSequenceClassification, the published recipe) | mean (over the sequence's tokens)"})
     probe_C: str = field(default="0.01,0.1,1,10", metadata={"help": "probe: logistic regression inverse regularisation strengths to try; the best on dev is scored on test"})
     rc_average: bool = field(default=False, metadata={"help": "average the predictions of each sequence and its reverse complement (logits when fine-tuning, probabilities when probing)"})
     output_dir: str = field(default="runs/gue", metadata={"help": "results, predictions and per-run markers go here"})
@@ -87,8 +88,9 @@ class GUEConfig:
         self._check_model()
         if self.mode not in ("finetune", "probe"):
             raise InputError(f"--mode must be finetune or probe, got {self.mode!r}")
-        if self.pooling not in ("mean", "cls"):
-            raise InputError(f"--pooling must be mean or cls, got {self.pooling!r}")
+        for name in ("pooling", "head_pooling"):
+            if getattr(self, name) not in ("mean", "cls"):
+                raise InputError(f"--{name} must be mean or cls, got {getattr(self, name)!r}")
         if self.precision not in ("auto", "fp32", "bf16"):
             raise InputError(f"--precision must be auto, fp32 or bf16, got {self.precision!r}")
         for name in ("batch_size", "eval_batch_size"):

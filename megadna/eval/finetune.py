@@ -40,10 +40,10 @@ class Backbone:
     info: dict
     bert: Bert | None  # None: random init, drawn per seed
 
-    def classifier(self, num_labels: int, seed: int) -> BertClassifier:
+    def classifier(self, num_labels: int, seed: int, pooling: str = "cls") -> BertClassifier:
         torch.manual_seed(seed)
         bert = copy.deepcopy(self.bert) if self.bert is not None else BertForMLM(self.config).bert
-        return BertClassifier(bert, self.config, num_labels)
+        return BertClassifier(bert, self.config, num_labels, pooling)
 
 
 def load_backbone(cfg: GUEConfig) -> Backbone:
@@ -171,7 +171,7 @@ def finetune(backbone: Backbone, data: dict[str, Encoded], num_labels: int, reci
     lr = cfg.lr_list()[0] if lr is None else lr
     from transformers import get_linear_schedule_with_warmup
 
-    model = backbone.classifier(num_labels, seed).to(device).train()
+    model = backbone.classifier(num_labels, seed, cfg.head_pooling).to(device).train()
     opt = _optimizer(model, cfg, lr)
     n_train = len(data["train"].labels)
     steps_per_epoch = math.ceil(n_train / cfg.batch_size)

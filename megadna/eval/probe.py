@@ -29,10 +29,10 @@ from megadna.eval.data import Encoded
 from megadna.eval.finetune import autocast, batch_rows, scores
 from megadna.jsonfile import read_json_or_none, write_json
 from megadna.model import Bert
+from megadna.model.heads import POOLINGS, pool
 
 log = logging.getLogger(__name__)
 
-POOLINGS = ("mean", "cls")
 
 
 def hidden_states(bert: Bert, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> list[torch.Tensor]:
@@ -45,15 +45,6 @@ def _check_layer(bert: Bert, layer: int) -> None:
     if not -(n + 1) <= layer <= n:
         raise InputError(f"--probe_layer {layer}: the model has {n} layers; use 0 (embeddings) to {n}, "
                          f"or -1 (last) to {-(n + 1)}")
-
-
-def pool(h: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tensor:
-    """[B, L, H] hidden states -> [B, H] fp32: the mean over the tokens where mask is 1, or [CLS]'s."""
-    h = h.float()
-    if pooling == "cls":
-        return h[:, 0]
-    m = mask.to(h.dtype).unsqueeze(-1)
-    return (h * m).sum(1) / m.sum(1).clamp(min=1.0)
 
 
 @torch.no_grad()

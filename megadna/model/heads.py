@@ -9,18 +9,38 @@ import torch.nn as nn
 
 from megadna.model.bert import Bert, ModelConfig
 
+POOLINGS = ("cls", "mean")  # what a head or a probe reads from the encoder's output
+
+
+def pool(h: torch.Tensor, mask: torch.Tensor | None, pooling: str) -> torch.Tensor:
+    """[B, L, H] hidden states -> [B, H] fp32: [CLS]'s, or the mean over the tokens where mask is 1
+    (every token when mask is None)."""
+    h = h.float()
+    if pooling == "cls":
+        return h[:, 0]
+    if mask is None:
+        return h.mean(1)
+    m = mask.to(h.dtype).unsqueeze(-1)
+    return (h * m).sum(1) / m.sum(1).clamp(min=1.0)
+
 
 class BertClassifier(nn.Module):
-    """megadna's BERT encoder + HF BertForSequenceClassification's head on [CLS].
+    """megadna's BERT encoder + HF BertForSequenceClassification's head.
 
     pooler: dense + tanh on the [CLS] hidden state (HF's BertPooler), then dropout (the encoder's
     hidden dropout, as HF's classifier_dropout=None) and a linear layer to num_labels logits. The
     pooler is new (pre-training has no next-sentence task), so it starts from random init, as in HF.
+    pooling="mean" feeds the pooler the mean over the sequence's tokens instead of [CLS]: MLM
+    pre-training never trains [CLS], and a pre-trained model's [CLS] can end up attending to itself
+    alone, carrying nothing of the sequence (docs/PAPER.md measures it).
     """
 
-    def __init__(self, bert: Bert, config: ModelConfig, num_labels: int):
+    def __init__(self, bert: Bert, config: ModelConfig, num_labels: int, pooling: str = "cls"):
         super().__init__()
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
         self.config = config
+        self.pooling = pooling
         self.bert = bert
         self.pooler = nn.Linear(config.hidden_size, config.hidden_size)
         self.dropout = nn.Dropout(config.hidden_dropout)
@@ -31,5 +51,5 @@ class BertClassifier(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """[B, L] ids and mask -> [B, num_labels] logits."""
-        cls = self.bert(input_ids, attention_mask)[:, 0]
-        return self.classifier(self.dropout(torch.tanh(self.pooler(cls))))
+        pooled = pool(self.bert(input_ids, attention_mask), attention_mask, self.pooling).to(self.pooler.weight.dtype)
+        return self.classifier(self.dropout(torch.tanh(self.pooler(pooled))))

@@ -94,7 +94,7 @@ class RunLogger:
     def eval(self, result: dict) -> None:
         if not self.is_main:
             return
-        self.write(f"eval @ step {result['step']}: loss {result['eval_loss']:.4f} | MLM accuracy {result['eval_mlm_accuracy']:.4f}")
+        self.write(f"eval @ step {result['step']}: loss {result['eval_loss']:.4f} | MLM accuracy {result['eval_mlm_accuracy']:.4f} | len {result['seq_len']}")
         self.scalars({"eval/loss": result["eval_loss"], "eval/mlm_accuracy": result["eval_mlm_accuracy"]}, result["step"])
 
     def write(self, line: str) -> None:

@@ -288,11 +288,14 @@ class Trainer:
         if self.val_stream is None:
             return {}
         n = min(self.cfg.eval_batches, self.val_stream.plan.batches_per_rank)
+        # At the length being trained: pieces of the held-out windows while a stage of the sequence-length
+        # curriculum lasts (a model of 34-token pieces has never seen position 35), whole windows after it.
+        seq_len = seq_len_at(self.seq_stages, max(self.step - 1, 0), self.cfg.max_steps, self.max_tokens)
         self.engine.eval()
         totals = torch.zeros(3, device=self.device)  # loss x masked, masked, correct
         batches = self.val_stream.batches(0, 0)
         for i in range(n):
-            ids, attn = to_device(next(batches), self.device)
+            ids, attn = split_windows(*to_device(next(batches), self.device), seq_len)
             masked, labels, _ = apply_masking(ids, cfg=self.masking, k=self.span_k, global_step=0, seed=self.cfg.seed + EVAL_SEED_OFFSET, rank=self.rank,
                                               micro_step=i, total_steps=self.cfg.max_steps, vocab_size=self.tokenizer.vocab_size)
             out = self.engine(masked, attention_mask=attn, labels=labels)
@@ -300,7 +303,7 @@ class Trainer:
         self.engine.train()
         torch.distributed.all_reduce(totals)
         loss_x_masked, n_masked, n_correct = totals.tolist()
-        result = {"step": self.step, "eval_loss": loss_x_masked / n_masked, "eval_mlm_accuracy": n_correct / n_masked}
+        result = {"step": self.step, "seq_len": seq_len, "eval_loss": loss_x_masked / n_masked, "eval_mlm_accuracy": n_correct / n_masked}
         self.logger.eval(result)
         return result
 
