@@ -10,7 +10,8 @@ keeps falling).
 
 One process, one thread, no DeepSpeed: the same `BertForMLM`, `apply_masking` and `split_windows`
 the trainer uses, with AdamW (warmup then constant LR). Held-out accuracy is measured on fixed
-windows the run never trains on, masked as at step 0 with a fixed seed.
+windows the run never trains on, masked as at step 0 with a fixed seed, cut into pieces of the length
+being trained (as the trainer's evaluation).
 
     python tools/learn_overlap.py --tokenizer kmer3 --steps 600 --out reports/overlap_kmer3
 """
@@ -119,8 +120,9 @@ def _batch(tokenizer, windows: list[bytes], max_tokens: int) -> torch.Tensor:
 
 def learn_overlap(cfg: OverlapConfig, log=print) -> dict:
     """Train and return {"config", "curve": [{step, loss, accuracy (train, since the last point),
-    heldout_accuracy}], "final_heldout_accuracy", "heldout_ceiling" (`recoverable_share` of the held-out
-    masks; overlapping k-mers only, else None), "seconds", "k"}."""
+    heldout_accuracy and heldout_ceiling (`recoverable_share` of the held-out masks; overlapping k-mers
+    only, else None), both at the length being trained}], "final_heldout_accuracy", "heldout_ceiling"
+    (the last point's), "seconds", "k"}."""
     torch.manual_seed(cfg.seed)
     tokenizer = get_tokenizer(cfg.tokenizer)
     overlapping = getattr(tokenizer, "overlapping", False)
@@ -139,21 +141,23 @@ def learn_overlap(cfg: OverlapConfig, log=print) -> dict:
     def mask(ids, step, seed):
         return apply_masking(ids, cfg=masking, k=span_k, global_step=step, seed=seed, rank=0, total_steps=cfg.steps, vocab_size=tokenizer.vocab_size)
 
-    heldout_masked, heldout_labels, _ = mask(heldout, 0, cfg.seed + 7)
-    ceiling = recoverable_share(heldout_masked, heldout_labels, tokenizer.k) if overlapping else None
-
     @torch.no_grad()
-    def evaluate() -> float:
+    def evaluate(length: int) -> tuple[float, float | None]:
+        """(held-out accuracy, its recoverable share), at the length being trained (pieces, as the trainer)."""
+        ids, _ = split_windows(heldout, None, length)
+        masked, labels, _ = mask(ids, 0, cfg.seed + 7)
         model.eval()
-        out = model(heldout_masked, None, heldout_labels)
+        out = model(masked, None, labels)
         model.train()
-        return float(out["n_correct"]) / max(1, float(out["n_masked"]))
+        ceiling = recoverable_share(masked, labels, tokenizer.k) if overlapping else None
+        return float(out["n_correct"]) / max(1, float(out["n_masked"])), ceiling
 
     curve, window, t0 = [], {"loss": 0.0, "n_masked": 0.0, "n_correct": 0.0, "steps": 0}, time.perf_counter()
     for step in range(cfg.steps):
         for group in opt.param_groups:
             group["lr"] = cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup))
-        ids, _ = split_windows(_batch(tokenizer, sample(cfg.batch), max_tokens), None, seq_len_at(stages, step, cfg.steps, max_tokens))
+        length = seq_len_at(stages, step, cfg.steps, max_tokens)
+        ids, _ = split_windows(_batch(tokenizer, sample(cfg.batch), max_tokens), None, length)
         masked, labels, _ = mask(ids, step, cfg.seed)
         out = model(masked, None, labels)
         opt.zero_grad(set_to_none=True)
@@ -165,12 +169,13 @@ def learn_overlap(cfg: OverlapConfig, log=print) -> dict:
         window["n_correct"] += float(out["n_correct"])
         window["steps"] += 1
         if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
-            point = {"step": step + 1, "loss": window["loss"] / window["steps"], "accuracy": window["n_correct"] / max(1.0, window["n_masked"]),
-                     "heldout_accuracy": evaluate(), "seconds": round(time.perf_counter() - t0, 2)}
+            accuracy, ceiling = evaluate(length)
+            point = {"step": step + 1, "seq_len": length, "loss": window["loss"] / window["steps"], "accuracy": window["n_correct"] / max(1.0, window["n_masked"]),
+                     "heldout_accuracy": accuracy, "heldout_ceiling": ceiling, "seconds": round(time.perf_counter() - t0, 2)}
             curve.append(point)
             window = {"loss": 0.0, "n_masked": 0.0, "n_correct": 0.0, "steps": 0}
             log(f"step {point['step']}/{cfg.steps} | loss {point['loss']:.3f} | acc {point['accuracy']:.3f} | held-out {point['heldout_accuracy']:.3f} | {point['seconds']:.0f} s")
-    return {"config": asdict(cfg), "k": span_k, "curve": curve, "heldout_ceiling": ceiling, "final_heldout_accuracy": curve[-1]["heldout_accuracy"],
+    return {"config": asdict(cfg), "k": span_k, "curve": curve, "heldout_ceiling": curve[-1]["heldout_ceiling"], "final_heldout_accuracy": curve[-1]["heldout_accuracy"],
             "seconds": round(time.perf_counter() - t0, 2)}
 
 
