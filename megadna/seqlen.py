@@ -19,18 +19,20 @@ cut into consecutive pieces of `length - 2` tokens, each wrapped in its own [CLS
 shorter than a piece is dropped. A micro batch of B windows of L tokens becomes B * n sequences of
 `length` tokens, n = (L - 2) // (length - 2): every step still sees (almost) every token of its
 windows, so the masked-token count per step, and the data consumed, do not change; only attention
-gets cheaper. Padded batches (BPE) are cut the same way: a piece's tokens past the window's end stay
-[PAD] with attention mask 0, and a piece with no real token at all is dropped.
+gets cheaper. Padded batches (BPE) are cut the same way: the window's own [SEP] closes the piece it
+falls in, tokens past it stay [PAD] with attention mask 0, and a piece with no maskable token is
+dropped.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 
 from megadna.errors import InputError
-from megadna.tokenizers.base import CLS_ID, PAD_ID, SEP_ID
+from megadna.tokenizers.base import CLS_ID, N_SPECIAL, PAD_ID, SEP_ID
 
 
 @dataclass(frozen=True)
@@ -66,9 +68,14 @@ def seq_len_at(stages: tuple[Stage, ...], global_step: int, total_steps: int, fu
     """Tokens per sequence at `global_step` of `total_steps`: a stage's length, or `full` after the last
     stage (and never more than `full`)."""
     for stage in stages:
-        if global_step < stage.until * total_steps:
+        if global_step < stage_end(stage, total_steps):
             return min(stage.tokens, full)
     return full
+
+
+def stage_end(stage: Stage, total_steps: int) -> int:
+    """The first step after `stage`: ceil(until * total_steps), exact (0.3 * 20 is 6, not 6.000000000000001)."""
+    return math.ceil(round(stage.until * total_steps, 9))
 
 
 def split_windows(ids: torch.Tensor, attention_mask: torch.Tensor | None, length: int) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -81,16 +88,16 @@ def split_windows(ids: torch.Tensor, attention_mask: torch.Tensor | None, length
     body_len = length - 2
     n = (L - 2) // body_len
     body = ids[:, 1 : 1 + n * body_len].reshape(B * n, body_len)
-    real = body != PAD_ID
-    if attention_mask is not None:
-        # The window's own [SEP] sits inside the body of a padded row: it stays, as a last real token.
-        real = attention_mask[:, 1 : 1 + n * body_len].reshape(B * n, body_len).bool()
     cls = torch.full((B * n, 1), CLS_ID, dtype=ids.dtype, device=ids.device)
-    sep = torch.full((B * n, 1), SEP_ID, dtype=ids.dtype, device=ids.device)
-    pieces = torch.cat([cls, torch.where(real, body, PAD_ID), sep], dim=1)
     if attention_mask is None:
-        return pieces, None
-    keep = real.any(dim=1)
-    ones = torch.ones((B * n, 1), dtype=attention_mask.dtype, device=ids.device)
-    mask = torch.cat([ones, real.to(attention_mask.dtype), ones], dim=1)
+        sep = torch.full((B * n, 1), SEP_ID, dtype=ids.dtype, device=ids.device)
+        return torch.cat([cls, body, sep], dim=1), None
+    # A padded row: its own [SEP] closes the piece it falls in, and the padding after it stays [PAD]
+    # (mask 0); a piece that ends in real tokens gets a [SEP]; a piece with no token to mask is dropped.
+    real = attention_mask[:, 1 : 1 + n * body_len].reshape(B * n, body_len).bool()
+    last_real = real[:, -1:]
+    tail = torch.where(last_real, SEP_ID, PAD_ID).to(ids.dtype)
+    pieces = torch.cat([cls, torch.where(real, body, PAD_ID), tail], dim=1)
+    mask = torch.cat([torch.ones_like(last_real), real, last_real], dim=1).to(attention_mask.dtype)
+    keep = (real & (body >= N_SPECIAL)).any(dim=1)
     return pieces[keep], mask[keep]

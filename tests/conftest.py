@@ -17,10 +17,11 @@ def pytest_configure(config):
 def no_leftover_shm_buffers():
     """Ranks the tests kill on purpose never unlink DeepSpeed's 66 MB /dev/shm allreduce buffers (a
     clean run does, see megadna.train.distributed.release_shm_names): remove those this session made,
-    or a day of test runs fills the machine's memory."""
+    or a day of test runs fills the machine's memory. Only this user's, and only those that appeared during
+    the session (a run of the same user started by hand meanwhile would lose its names too)."""
     from megadna.train.distributed import SHM_DIR
 
-    pattern = "deepspeed_allreduce_buffer_*"
+    pattern = f"deepspeed_allreduce_buffer_{os.getuid()}_*"  # this user's only
     before = set(SHM_DIR.glob(pattern))
     yield
     for path in set(SHM_DIR.glob(pattern)) - before:

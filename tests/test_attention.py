@@ -44,7 +44,7 @@ def test_statistics_of_uniform_and_one_hot_heads(monkeypatch):
     uniform = torch.full((1, 2, L, L), 1.0 / L)
     neighbour = torch.zeros(1, 2, L, L)
     neighbour[0, :, torch.arange(L), (torch.arange(L) + 1) % L] = 1.0  # each query looks at the next token
-    monkeypatch.setattr(attention, "attention_probs", lambda *a: [uniform, neighbour])
+    monkeypatch.setattr(attention, "attention_probs", lambda *a: iter([uniform, neighbour]))
     s = head_statistics(None, torch.zeros(1, L, dtype=torch.long), None, k=3)
     assert s["entropy"][0] == pytest.approx([math.log(L)] * 2) and s["top1"][0] == pytest.approx([0.1] * 2)
     assert s["overlap_share"][0] == pytest.approx([2 * ((L - 1) + (L - 2)) / L / L] * 2)  # keys 1 and 2 away, on both sides

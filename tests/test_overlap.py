@@ -21,6 +21,14 @@ def test_recoverable_share_counts_tokens_whose_bases_all_show():
     labels = torch.full_like(ids, -100)
     labels[0, 3:6] = ids[0, 3:6]  # three in a row: the middle base of the run is spelled by none visible
     assert recoverable_share(ids, labels, 3) == 0.0
+    # k = 6 over ten tokens: one masked token alone is recoverable except at either end of the window
+    ids = torch.tensor([[2, *range(10, 20), 3]])
+    alone = []
+    for t in range(1, 11):
+        labels = torch.full_like(ids, -100)
+        labels[0, t] = ids[0, t]
+        alone.append(recoverable_share(ids, labels, 6))
+    assert alone == [0.0] + [1.0] * 8 + [0.0]
 
 
 def test_tiny_model_learns_the_overlap_of_random_dna(one_torch_thread):

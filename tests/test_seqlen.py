@@ -56,9 +56,31 @@ def test_a_short_tail_is_dropped_and_full_length_is_unchanged():
 
 
 def test_padded_rows_keep_their_mask_and_empty_pieces_go():
-    ids, mask = _windows(B=3, L=23, pad_from=8)  # row 1: [CLS] 6 tokens [SEP] then padding
-    pieces, pmask = split_windows(ids, mask, 9)
+    ids, mask = _windows(B=3, L=23, pad_from=6)  # row 1: [CLS] 4 tokens [SEP] then padding
+    pieces, pmask = split_windows(ids, mask, 9)  # bodies of 7: row 1's first piece is partly padding
     assert pieces.shape == (7, 9) and pmask.shape == (7, 9)  # row 1 keeps only its first piece
     row1 = pieces[3]
-    assert row1.tolist()[:8] == ids[1, :8].tolist() and pmask[3].tolist() == [1] * 8 + [1]
-    assert (pieces[pmask == 0] == 0).all()  # padding stays [PAD], masked out
+    assert row1.tolist() == ids[1, :6].tolist() + [0, 0, 0] and pmask[3].tolist() == [1] * 6 + [0] * 3
+    assert (pieces[pmask == 0] == 0).all() and (pmask.sum(1) >= 3).all()
+    assert pieces[0].tolist()[-1] == 3 and pmask[0].tolist() == [1] * 9  # an unpadded piece is closed by [SEP]
+
+
+def test_stage_ends_are_exact_steps():
+    from megadna.seqlen import stage_end
+
+    assert stage_end(Stage(34, 0.3), 20) == 6 and stage_end(Stage(34, 0.29), 100) == 29 and stage_end(Stage(34, 0.5), 7) == 4
+
+
+def test_resume_refuses_another_curriculum_or_basis(tmp_path):
+    from megadna.jsonfile import write_json
+    from megadna.model import model_config
+    from megadna.train.trainer import _check_resumable
+
+    write_json(tmp_path / "config.json", {"train": {"seq_len_schedule": "34:0.3"}})
+    meta = {"world_size": 2, "num_workers": 1, "micro_batch": 8, "seed": 0, "model": model_config("tiny", 4101, kmer_basis=6).to_dict()}
+    same = TrainConfig(seq_len_schedule="34:0.3", kmer_basis=True)
+    _check_resumable(meta, 2, same, 8, tmp_path, model_config("tiny", 4101, kmer_basis=6))
+    with pytest.raises(InputError, match=r"seq_len_schedule: checkpoint 34:0.3, now 130:0.5"):
+        _check_resumable(meta, 2, TrainConfig(seq_len_schedule="130:0.5"), 8, tmp_path, model_config("tiny", 4101, kmer_basis=6))
+    with pytest.raises(InputError, match=r"kmer_basis \(k\): checkpoint 6, now 0"):
+        _check_resumable(meta, 2, same, 8, tmp_path, model_config("tiny", 4101))

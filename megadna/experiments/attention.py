@@ -16,6 +16,7 @@ model's SDPA kernels never materialise them), padding masked as in the forward p
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -24,42 +25,47 @@ from megadna.model.bert import BertForMLM, sdpa_mask
 
 
 @torch.no_grad()
-def attention_probs(model: BertForMLM, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> list[torch.Tensor]:
-    """Per layer, the attention weights [B, heads, L, L] the forward pass uses (eval mode)."""
+def attention_probs(model: BertForMLM, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> Iterator[torch.Tensor]:
+    """Layer by layer, the attention weights [B, heads, L, L] the forward pass uses (eval mode)."""
     model.eval()
-    bert = model.bert
-    hidden = bert.hidden_states(input_ids, attention_mask)
     mask = sdpa_mask(attention_mask)
-    out = []
-    for layer, x in zip(bert.encoder.layer, hidden[:-1]):
+    x = model.bert.embeddings(input_ids)
+    for layer in model.bert.encoder.layer:
         attn = layer.attention.self
-        B, L, H = x.shape
+        B, L, _ = x.shape
         q, k = (proj(x).view(B, L, attn.num_heads, -1).transpose(1, 2) for proj in (attn.query, attn.key))
         scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
         if mask is not None:
             scores = scores.masked_fill(~mask, float("-inf"))
-        out.append(scores.softmax(dim=-1))
-    return out
+        yield scores.softmax(dim=-1)
+        x = layer(x, mask)
 
 
 @torch.no_grad()
-def head_statistics(model: BertForMLM, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, k: int) -> dict[str, list[list[float]]]:
-    """{"entropy", "top1", "overlap_share"}: each [layers][heads], means over real query tokens."""
-    real = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
-    L = input_ids.shape[1]
-    idx = torch.arange(L)
-    distance = (idx[:, None] - idx[None, :]).abs()
-    near = ((distance >= 1) & (distance <= k - 1)).to(torch.float32)  # [L, L]
-    weight = real[:, None, :].float()  # [B, 1, L] queries that count
-    n = weight.sum() * 1.0
-    stats: dict[str, list[list[float]]] = {"entropy": [], "top1": [], "overlap_share": []}
-    for p in attention_probs(model, input_ids, attention_mask):  # [B, heads, L, L]
-        entropy = -(p * p.clamp(min=1e-30).log()).sum(-1)  # [B, heads, L]
-        top1 = p.max(dim=-1).values
-        overlap = (p * near).sum(-1)
-        for name, value in (("entropy", entropy), ("top1", top1), ("overlap_share", overlap)):
-            stats[name].append(((value * weight).sum(dim=(0, 2)) / n).tolist())
-    return stats
+def head_statistics(model: BertForMLM, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, k: int,
+                    batch_size: int = 8) -> dict[str, list[list[float]]]:
+    """{"entropy", "top1", "overlap_share"}: each [layers][heads], means over real query tokens. Windows
+    go through `batch_size` at a time and one layer's weights are held at once ([batch, heads, L, L])."""
+    sums: dict[str, torch.Tensor] = {}
+    n = 0.0
+    for i in range(0, input_ids.shape[0], batch_size):
+        ids = input_ids[i : i + batch_size]
+        mask = None if attention_mask is None else attention_mask[i : i + batch_size]
+        real = torch.ones_like(ids, dtype=torch.bool) if mask is None else mask.bool()
+        L = ids.shape[1]
+        idx = torch.arange(L)
+        distance = (idx[:, None] - idx[None, :]).abs()
+        near = ((distance >= 1) & (distance <= k - 1)).to(torch.float32)  # [L, L]
+        weight = real[:, None, :].float()  # [B, 1, L] queries that count
+        n += float(weight.sum())
+        for layer, p in enumerate(attention_probs(model, ids, mask)):  # [B, heads, L, L]
+            values = {"entropy": -(p * p.clamp(min=1e-30).log()).sum(-1), "top1": p.max(dim=-1).values, "overlap_share": (p * near).sum(-1)}
+            for name, value in values.items():
+                total = (value * weight).sum(dim=(0, 2))  # [heads]
+                key = f"{name}/{layer}"
+                sums[key] = sums[key] + total if key in sums else total
+    layers = 1 + max(int(key.split("/")[1]) for key in sums)
+    return {name: [(sums[f"{name}/{i}"] / n).tolist() for i in range(layers)] for name in ("entropy", "top1", "overlap_share")}
 
 
 def layer_means(stats: dict[str, list[list[float]]]) -> dict[str, list[float]]:

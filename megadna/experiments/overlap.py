@@ -94,22 +94,22 @@ def recoverable_share(masked_ids: torch.Tensor, labels: torch.Tensor, k: int) ->
     from megadna.tokenizers.base import IGNORE_INDEX, N_SPECIAL
 
     visible = (labels == IGNORE_INDEX) & (masked_ids >= N_SPECIAL)  # unmasked k-mer tokens
-
-    def shifted(x: torch.Tensor, d: int) -> torch.Tensor:  # shifted(x, d)[:, i] = x[:, i + d], False outside
-        out = torch.zeros_like(x)
-        L = x.shape[1]
-        if d >= 0:
-            out[:, : L - d] = x[:, d:]
-        else:
-            out[:, -d:] = x[:, : L + d]
-        return out
-
-    seen = torch.zeros_like(visible)  # seen[:, b]: base b is spelled by a visible token
-    for i in range(k):
-        seen |= shifted(visible, i - k + 2)
-    ok = torch.ones_like(visible)  # ok[:, t]: every base of token t is seen
+    B, L = visible.shape
+    # Bases 0 .. L + k - 3 (token t spells t-1 .. t+k-2); pad so every index below is in range.
+    width = L + k
+    vis = torch.zeros(B, width + 2 * k, dtype=torch.bool, device=visible.device)
+    vis[:, k : k + L] = visible  # vis[:, k + t] = visible[:, t]
+    seen = torch.zeros(B, width, dtype=torch.bool, device=visible.device)  # seen[:, b]: base b spelled by a visible token
+    for t_minus_b in range(-k + 2, 2):  # visible tokens t in [b - k + 2, b + 1]
+        seen |= vis[:, k + t_minus_b : k + t_minus_b + width]
+    ok = torch.ones(B, L, dtype=torch.bool, device=visible.device)  # ok[:, t]: bases t-1 .. t+k-2 all seen
     for j in range(k):
-        ok &= shifted(seen, j - 1)
+        start = j - 1  # base t - 1 + j, for t = 0 .. L-1
+        if start < 0:
+            ok[:, 1:] &= seen[:, : L - 1]
+            ok[:, 0] = False  # [CLS]: never predicted anyway
+        else:
+            ok &= seen[:, start : start + L]
     predicted = labels != IGNORE_INDEX
     return float((ok & predicted).sum()) / max(1, int(predicted.sum()))
 

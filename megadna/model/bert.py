@@ -362,13 +362,17 @@ class BertForMLM(nn.Module):
 
     def materialized(self) -> BertForMLM:
         """This model with any k-mer basis folded into the word embeddings: a plain BERT whose
-        state_dict has exactly Hugging Face's keys, computing the same function. Itself if no basis."""
+        state_dict has exactly Hugging Face's keys, computing the same function, in fp32 (the fold is
+        summed in fp32). Itself if no basis. Draws nothing from the global random generator."""
         if not self.config.kmer_basis:
             return self
-        plain = BertForMLM(replace(self.config, kmer_basis=0))
-        state = {k: v for k, v in self.state_dict().items() if ".kmer_basis." not in k}
+        with torch.random.fork_rng(devices=[]):  # the throwaway init must not move anyone's seed
+            plain = BertForMLM(replace(self.config, kmer_basis=0))
+        state = {k: v.float() for k, v in self.state_dict().items() if ".kmer_basis." not in k}
         with torch.no_grad():
-            table = self.bert.embeddings.word_weight().detach()
+            emb = self.bert.embeddings
+            table = emb.word_embeddings.weight.float() + (emb.kmer_basis.weight.float()[emb.kmer_basis.index]
+                                                          * emb.kmer_basis.present.float()).sum(dim=1)
         state["bert.embeddings.word_embeddings.weight"] = state["cls.predictions.decoder.weight"] = table
         plain.load_state_dict(state, strict=True)
         return plain.to(table.device).train(self.training)

@@ -60,8 +60,8 @@ def write_hf_dir(model: BertForMLM, tokenizer: DNATokenizer, out_dir, meta: dict
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_dir.parent / f".{out_dir.name}.partial-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
+    model = model.float().materialized().cpu().eval()  # a k-mer basis folded in fp32: the export is plain BERT
     meta = dict(meta or {"format": EXPORT_FORMAT, "model": model.config.to_dict(), "tokenizer": tokenizer.to_dict()})
-    model = model.materialized().float().cpu().eval()
     try:
         hf = BertForMaskedLM(model.config.to_hf_config())
         hf.load_state_dict(model.state_dict(), strict=True)

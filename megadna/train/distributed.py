@@ -110,13 +110,22 @@ STALE_LOCK_S = 15 * 60  # a DeepSpeed op builds in 1-3 min on 2 cores
 
 
 def build_locks() -> list[Path]:
-    """Build locks of torch's JIT extension cache, where DeepSpeed compiles its ops on first use."""
+    """Build locks of DeepSpeed's ops in torch's JIT extension cache, where DeepSpeed compiles them on
+    first use (other projects' extensions in the same cache are not ours to judge)."""
+    try:
+        from deepspeed.ops.op_builder.all_ops import ALL_OPS
+
+        names = {builder.NAME for builder in ALL_OPS.values()}
+    except Exception:  # noqa: BLE001 - an op registry that cannot be read: nothing to check against
+        return []
     root = os.environ.get("TORCH_EXTENSIONS_DIR")
     if root:
-        return sorted(Path(root).glob("*/lock"))
-    from torch.utils.cpp_extension import get_default_build_root
+        candidates = Path(root).glob("*/lock")
+    else:
+        from torch.utils.cpp_extension import get_default_build_root
 
-    return sorted(Path(get_default_build_root()).glob("*/*/lock"))
+        candidates = Path(get_default_build_root()).glob("*/*/lock")
+    return sorted(p for p in candidates if p.parent.name in names)
 
 
 def check_build_locks(now: float | None = None) -> None:
@@ -151,12 +160,15 @@ def release_shm_names() -> None:
     valid until the processes exit; only the name goes, so nothing is left behind after the run."""
     if not torch.distributed.is_initialized():
         return
-    path = shm_buffer_path(torch.distributed.get_rank())
-    if not path.exists():
-        return  # not the CPU backend, or ranks on several nodes (DeepSpeed uses shm only when all are local)
+    from deepspeed.accelerator import get_accelerator
+
+    if get_accelerator().device_name() != "cpu":
+        return  # only DeepSpeed's CPU backend makes these buffers
+    # Every rank takes part, whatever it finds: a leftover file of a killed run (same uid, address and
+    # port) may exist for some ranks only, and a barrier that some ranks skip would hang the others.
     if torch.distributed.get_world_size() > 1:
         torch.distributed.barrier()
-    path.unlink(missing_ok=True)
+    shm_buffer_path(torch.distributed.get_rank()).unlink(missing_ok=True)
 
 
 def timeout_new_groups(t: float) -> None:

@@ -27,7 +27,7 @@ from megadna.data.shards import read_manifest
 from megadna.data.stream import StreamConfig, WindowStream, make_loader
 from megadna.errors import InputError
 from megadna.integrity import weights_only_checkpoint_engine
-from megadna.jsonfile import write_json
+from megadna.jsonfile import read_json_or_none, write_json
 from megadna.masking import apply_masking
 from megadna.model import BertForMLM, model_config
 from megadna.rundir import RunDir
@@ -80,7 +80,6 @@ class _Preemption:
             signal.signal(sig, h)
 
 
-@torch.no_grad()
 def kmer_basis_k(tokenizer) -> int:
     """The k of --kmer_basis: k-mer tokenizers only (their vocabularies hold the 4^k k-mers in one layout)."""
     if getattr(tokenizer, "name", "").rstrip("0123456789") not in ("kmer", "nkmer"):
@@ -88,6 +87,7 @@ def kmer_basis_k(tokenizer) -> int:
     return tokenizer.k
 
 
+@torch.no_grad()
 def to_device(batch: dict, device) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Token ids and attention mask on the device. The mask is dropped when nothing is padded, decided
     on the host copy for free: no mask keeps SDPA's flash path and spares the model a device sync to find
@@ -119,7 +119,6 @@ class Trainer:
         self.resume_meta = ckpt.read_meta(self.resume_dir) if self.resume_dir else None
         self._setup_data_and_model()
         model = BertForMLM(self.mcfg)
-        self.flops_per_token = model.flops_per_token(self.max_tokens)
         self.engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=[p for p in model.parameters() if p.requires_grad], config=self.ds_cfg)
         self.device = self.engine.device
         self.step, self.batches_consumed = self._load_resume_state()
@@ -166,7 +165,7 @@ class Trainer:
         if not self.resume_dir:
             return 0, 0
         meta, d = self.resume_meta, self.resume_dir
-        _check_resumable(meta, self.world, self.cfg, self.micro, d)
+        _check_resumable(meta, self.world, self.cfg, self.micro, d, self.mcfg)
         # Every rank checks every file's recorded size and sha256 (ckpt.resolve_resume did it before the
         # tokenizer was read; --resume auto and --resume DIR alike), then loads with weights_only=True.
         if ckpt.FILES not in meta:
@@ -274,7 +273,9 @@ class Trainer:
     def _log(self, r: StepResult) -> dict:
         window = self.meter.window()
         tokens_per_s = window["tokens_per_s"] * self.world
-        mfu = tokens_per_s * self.flops_per_token / (self.peak * self.world) if self.peak else None
+        # FLOPs per token at the length being trained: pieces of the curriculum attend over fewer tokens.
+        flops_per_token = self.engine.module.flops_per_token(r.seq_len)
+        mfu = tokens_per_s * flops_per_token / (self.peak * self.world) if self.peak else None
         gnorm = self.engine.get_global_grad_norm()
         t = Throughput(tokens_per_s=tokens_per_s, mfu=mfu, data_wait_share=window["data_wait_share"],
                        seconds_per_step=window["seconds"] / max(1, window["steps"]), grad_norm=float(gnorm) if gnorm is not None else float("nan"))
@@ -335,10 +336,19 @@ class Trainer:
             self.logger.close()
 
 
-def _check_resumable(meta: dict, world: int, cfg: TrainConfig, micro: int, resume_dir: Path) -> None:
-    """The data position is only exact for the same world size, workers and micro batch: refuse otherwise."""
+def _check_resumable(meta: dict, world: int, cfg: TrainConfig, micro: int, resume_dir: Path, mcfg) -> None:
+    """The data position is only exact for the same world size, workers and micro batch, and the run for
+    the same model shape and sequence-length curriculum: refuse otherwise."""
     want = {"world_size": world, "num_workers": cfg.num_workers, "micro_batch": micro, "seed": cfg.seed}
     diff = {k: (meta.get(k), v) for k, v in want.items() if meta.get(k) != v}
+    # The model's shape (a k-mer basis or not) and the curricula of the step must match too; a checkpoint
+    # from before these existed had neither.
+    if (meta.get("model") or {}).get("kmer_basis", 0) != mcfg.kmer_basis:
+        diff["kmer_basis (k)"] = ((meta.get("model") or {}).get("kmer_basis", 0), mcfg.kmer_basis)
+    saved = read_json_or_none(resume_dir / ckpt.CONFIG) or {}
+    schedule = (saved.get("train") or {}).get("seq_len_schedule", "")
+    if parse_schedule(schedule) != parse_schedule(cfg.seq_len_schedule):
+        diff["seq_len_schedule"] = (schedule or "(none)", cfg.seq_len_schedule or "(none)")
     if diff:
         detail = ", ".join(f"{k}: checkpoint {a}, now {b}" for k, (a, b) in diff.items())
         raise InputError(
