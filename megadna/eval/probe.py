@@ -34,7 +34,6 @@ from megadna.model.heads import POOLINGS, pool
 log = logging.getLogger(__name__)
 
 
-
 def hidden_states(bert: Bert, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> list[torch.Tensor]:
     """The embedding output, then each layer's output: num_layers + 1 tensors [B, L, hidden_size]."""
     return bert.hidden_states(input_ids, attention_mask)

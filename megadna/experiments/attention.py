@@ -48,14 +48,13 @@ def head_statistics(model: BertForMLM, input_ids: torch.Tensor, attention_mask: 
     go through `batch_size` at a time and one layer's weights are held at once ([batch, heads, L, L])."""
     sums: dict[str, torch.Tensor] = {}
     n = 0.0
+    idx = torch.arange(input_ids.shape[1])
+    distance = (idx[:, None] - idx[None, :]).abs()
+    near = ((distance >= 1) & (distance <= k - 1)).to(torch.float32)  # [L, L]: keys sharing bases with the query
     for i in range(0, input_ids.shape[0], batch_size):
         ids = input_ids[i : i + batch_size]
         mask = None if attention_mask is None else attention_mask[i : i + batch_size]
         real = torch.ones_like(ids, dtype=torch.bool) if mask is None else mask.bool()
-        L = ids.shape[1]
-        idx = torch.arange(L)
-        distance = (idx[:, None] - idx[None, :]).abs()
-        near = ((distance >= 1) & (distance <= k - 1)).to(torch.float32)  # [L, L]
         weight = real[:, None, :].float()  # [B, 1, L] queries that count
         n += float(weight.sum())
         for layer, p in enumerate(attention_probs(model, ids, mask)):  # [B, heads, L, L]

@@ -30,6 +30,7 @@ from megadna.masking import POLICIES, MaskingConfig, apply_masking
 from megadna.model import BertForMLM, model_config
 from megadna.seqlen import parse_schedule, seq_len_at, split_windows
 from megadna.tokenizers import get_tokenizer
+from megadna.tokenizers.kmer import kmer_vocabulary_k
 
 
 @dataclass
@@ -128,7 +129,7 @@ def learn_overlap(cfg: OverlapConfig, log=print) -> dict:
     overlapping = getattr(tokenizer, "overlapping", False)
     span_k = tokenizer.k if overlapping else 1
     max_tokens = tokenizer.num_tokens(cfg.window_bp) + 2
-    basis = tokenizer.k if cfg.kmer_basis and tokenizer.name.rstrip("0123456789") in ("kmer", "nkmer") else 0
+    basis = kmer_vocabulary_k(tokenizer) if cfg.kmer_basis else 0
     model = BertForMLM(model_config(cfg.model, tokenizer.vocab_size, kmer_basis=basis, max_position_embeddings=max(512, max_tokens)))
     matrices = [p for n, p in model.named_parameters() if p.dim() >= 2 and "kmer_basis" not in n]
     others = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "kmer_basis" not in n)]

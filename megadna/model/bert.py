@@ -141,9 +141,11 @@ class KmerBasis(nn.Module):
         self.register_buffer("index", index.clamp(min=0), persistent=False)  # [vocab, k]
         self.register_buffer("present", (index >= 0).unsqueeze(-1), persistent=False)  # [vocab, k, 1]
 
-    def forward(self) -> torch.Tensor:
-        """[vocab, hidden]: the basis part of every token's embedding (zero for non-k-mer rows)."""
-        return (self.weight[self.index] * self.present.to(self.weight.dtype)).sum(dim=1)
+    def forward(self, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """[vocab, hidden]: the basis part of every token's embedding (zero for non-k-mer rows), summed
+        in `dtype` (default: the weight's)."""
+        weight = self.weight if dtype is None else self.weight.to(dtype)
+        return (weight[self.index] * self.present.to(weight.dtype)).sum(dim=1)
 
 
 class Embeddings(nn.Module):
@@ -171,10 +173,12 @@ class Embeddings(nn.Module):
              + self.token_type_embeddings.weight[0])
         return self.dropout(self.LayerNorm(x))
 
-    def word_weight(self) -> torch.Tensor:
-        """The [vocab, hidden] token embedding table (also the tied MLM decoder)."""
+    def word_weight(self, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """The [vocab, hidden] token embedding table (also the tied MLM decoder), in `dtype` (default:
+        the parameters')."""
+        table = self.word_embeddings.weight if dtype is None else self.word_embeddings.weight.to(dtype)
         basis = getattr(self, "kmer_basis", None)
-        return self.word_embeddings.weight if basis is None else self.word_embeddings.weight + basis()
+        return table if basis is None else table + basis(dtype)
 
 
 class SelfAttention(nn.Module):
@@ -370,9 +374,7 @@ class BertForMLM(nn.Module):
             plain = BertForMLM(replace(self.config, kmer_basis=0))
         state = {k: v.float() for k, v in self.state_dict().items() if ".kmer_basis." not in k}
         with torch.no_grad():
-            emb = self.bert.embeddings
-            table = emb.word_embeddings.weight.float() + (emb.kmer_basis.weight.float()[emb.kmer_basis.index]
-                                                          * emb.kmer_basis.present.float()).sum(dim=1)
+            table = self.bert.embeddings.word_weight(torch.float32)
         state["bert.embeddings.word_embeddings.weight"] = state["cls.predictions.decoder.weight"] = table
         plain.load_state_dict(state, strict=True)
         return plain.to(table.device).train(self.training)

@@ -58,6 +58,12 @@ def kmer_base_index(k: int, vocab_size: int) -> np.ndarray:
     return index
 
 
+def kmer_vocabulary_k(tokenizer) -> int:
+    """k when `tokenizer` is one of the two k-mer tokenizers (their vocabularies share the layout of
+    `kmer_base_index`), else 0."""
+    return tokenizer.k if isinstance(tokenizer, (OverlappingKmerTokenizer, NonOverlappingKmerTokenizer)) else 0
+
+
 def _token_id_of_base5(k: int) -> np.ndarray:
     """int32 [5^k]: base-5 k-mer value -> token id; [UNK] where any digit is N (4)."""
     values = np.arange(5**k, dtype=np.int64)

@@ -33,6 +33,7 @@ from megadna.model import BertForMLM, model_config
 from megadna.rundir import RunDir
 from megadna.seqlen import parse_schedule, seq_len_at, split_windows
 from megadna.tokenizers import get_tokenizer, load_tokenizer
+from megadna.tokenizers.kmer import kmer_vocabulary_k
 from megadna.train import distributed
 from megadna.train.config import TrainConfig, load_ds_config, precision
 from megadna.train.logger import RunLogger, StepResult, Throughput
@@ -82,9 +83,10 @@ class _Preemption:
 
 def kmer_basis_k(tokenizer) -> int:
     """The k of --kmer_basis: k-mer tokenizers only (their vocabularies hold the 4^k k-mers in one layout)."""
-    if getattr(tokenizer, "name", "").rstrip("0123456789") not in ("kmer", "nkmer"):
+    k = kmer_vocabulary_k(tokenizer)
+    if not k:
         raise InputError(f"--kmer_basis needs a k-mer tokenizer (kmer<k> or nkmer<k>), not {getattr(tokenizer, 'name', tokenizer)!r}")
-    return tokenizer.k
+    return k
 
 
 @torch.no_grad()
