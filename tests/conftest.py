@@ -53,6 +53,17 @@ def one_torch_thread():
     torch.set_num_threads(n)
 
 
+@pytest.fixture
+def single_rank(monkeypatch):
+    """One rank in this process: what the launcher would set, for tests that need no second rank."""
+    import torch
+    from launch import free_port
+
+    for k, v in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}.items():
+        monkeypatch.setenv(k, os.environ.get(k, v) if torch.distributed.is_initialized() else v)
+    torch.set_num_threads(2)
+
+
 @pytest.fixture(scope="session")
 def shared_data():
     """Path to ../shared/data. In CI (.ci/run sets MEGADNA_SHARED_DATA) its absence is a failure."""

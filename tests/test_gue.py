@@ -322,3 +322,55 @@ def test_baselines_table_reproduces_the_papers_averages():
     assert len(table) == 28 and table["prom/prom_core_notata"]["dnabert2"] == 68.04
     for column, headline in (("dnabert2", 66.80), ("nt_2500m_multi", 66.93), ("dnabert_6mer", 60.51)):
         assert np.mean([row[column] for row in table.values()]) == pytest.approx(headline, abs=0.01)
+
+
+def _probs_csv(path: Path) -> np.ndarray:
+    return _read_predictions(path)[3]
+
+
+def _test_batch(tokenizer, gue_dir: Path, name: str, index: np.ndarray, max_tokens: int):
+    rows = list(csv.reader(open(gue_dir / name / "test.csv")))[1:]
+    batch = tokenizer.encode_batch([rows[i][0] for i in index], max_tokens=max_tokens)
+    return torch.from_numpy(batch["input_ids"]), torch.from_numpy(batch["attention_mask"])
+
+
+@pytest.mark.parametrize("head_init,pooling", [("random", "cls"), ("standardize", "cls"), ("probe", "mean")])
+def test_saved_classifier_reproduces_the_harness_predictions(shared_data, tmp_path, head_init, pooling):
+    """Each (dataset, seed) leaves its selected classifier in models/; reloaded (plain transformers for a
+    [CLS] head, megadna for a mean-pooled one) it gives the test probabilities the harness saved."""
+    from transformers import AutoModelForSequenceClassification
+
+    from megadna.model.classifier_export import load_classifier
+
+    cfg = _quick(gue_dir=str(shared_data / "gue"), output_dir=str(tmp_path), datasets="tf/0", seeds="42",
+                 head_init=head_init, head_pooling=pooling)
+    run_gue(cfg)
+    d = tmp_path / "models" / "tf__0__n64__seed42"
+    record = json.loads((tmp_path / "runs" / "tf__0__n64__seed42.json").read_text())
+    assert record["saved_model"] == str(d)
+    index, _, _, saved = _read_predictions(tmp_path / "predictions" / "tf__0__n64__seed42.csv")
+    model, tok, meta = load_classifier(d)
+    assert meta["dataset"] == "tf/0" and meta["seed"] == 42 and meta["test"] == record["test"] and meta["pooling"] == pooling
+    ids, mask = _test_batch(tok, shared_data / "gue", "tf/0", index, record["max_tokens"])
+    with torch.no_grad():
+        ours = torch.softmax(model(ids, mask), -1).numpy()
+    assert np.allclose(ours, saved, atol=1e-5)
+    card = (d / "README.md").read_text()
+    if pooling == "cls":
+        hf = AutoModelForSequenceClassification.from_pretrained(str(d)).eval()
+        with torch.no_grad():
+            theirs = torch.softmax(hf(input_ids=ids, attention_mask=mask).logits, -1).numpy()
+        assert np.allclose(theirs, saved, atol=1e-5)
+        assert "without custom code" in card
+    else:
+        assert "gives *other* predictions" in card and meta["plain_transformers"] is False
+
+
+def test_save_models_best_keeps_the_seed_with_the_best_dev_mcc(shared_data, tmp_path):
+    run_gue(_quick(gue_dir=str(shared_data / "gue"), output_dir=str(tmp_path), datasets="tf/0", save_models="best"))
+    assert [p.name for p in (tmp_path / "models").iterdir()] == ["tf__0__n64__seedbest"]
+    devs = {s: json.loads((tmp_path / "runs" / f"tf__0__n64__seed{s}.json").read_text())["best_dev_mcc"] for s in SEEDS}
+    kept = json.loads((tmp_path / "models" / "tf__0__n64__seedbest" / "megadna_classifier.json").read_text())
+    assert kept["best_dev_mcc"] == max(devs.values()) and devs[kept["seed"]] == max(devs.values())
+    run_gue(_quick(gue_dir=str(shared_data / "gue"), output_dir=str(tmp_path / "none"), datasets="tf/0", seeds="42", save_models="none"))
+    assert not (tmp_path / "none" / "models").exists()

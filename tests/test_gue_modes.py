@@ -39,7 +39,7 @@ def test_lr_sweep_selects_on_dev_and_scores_test_once_for_the_choice(shared_data
 
     monkeypatch.setattr(gue, "finetune", fake_finetune)
     monkeypatch.setattr(gue, "score", fake_score)
-    gue.run_gue(_cfg(shared_data, tmp_path, lr="1e-4,3e-4,1e-3", seeds="1,2"))
+    gue.run_gue(_cfg(shared_data, tmp_path, lr="1e-4,3e-4,1e-3", seeds="1,2", save_models="none"))  # the models are fakes
     assert seen == [1e-4, 3e-4, 1e-3] * 2
     assert scored == [("model@0.0003", 48)] * 2  # once per seed, the dev winner, on the test split
     record = json.loads((tmp_path / "out" / "runs" / "tf__0__n64__seed1.json").read_text())
@@ -173,3 +173,33 @@ def test_fast_mcc_matches_scikit_learn():
     p[0] = y[0]
     ours = cmp.mcc_matrix(y, p, 3)
     np.testing.assert_allclose(ours, [100 * matthews_corrcoef(a, b) for a, b in zip(y, p)], atol=1e-9)
+
+
+@pytest.mark.parametrize("head_init", ["standardize", "probe"])
+def test_head_init_reads_standardised_train_features_and_frozen_steps_leave_the_encoder(shared_data, tmp_path, head_init, monkeypatch, one_torch_thread):
+    import megadna.eval.finetune as ft
+    from megadna.eval.probe import features
+
+    cfg = _cfg(shared_data, tmp_path, head_init=head_init, freeze_encoder_steps=2, max_steps=3, head_pooling="mean", lr=1e-2)
+    backbone = load_backbone(cfg)
+    task = prepare_task("tf/0", cfg, backbone.tokenizer, 512)
+    data = {"train": task.train_rows(task.unit(64, 0)), "dev": task.encoded["dev"]}
+    start = backbone.classifier(task.num_labels, 1, "mean")
+    feats = features(start.bert, data["train"], -1, "mean", torch.device("cpu"), 64, "fp32")
+    seen = []
+    real_step = ft._train_step
+
+    def spy(model, *args):  # the encoder as each optimizer step starts
+        seen.append({k: v.clone() for k, v in model.bert.state_dict().items()})
+        return real_step(model, *args)
+
+    monkeypatch.setattr(ft, "_train_step", spy)
+    result = ft.finetune(backbone, data, task.num_labels, task.recipe, cfg, 1, torch.device("cpu"), desc="t", lr=1e-2)
+    model = result["model"]
+    assert np.allclose(model.feature_mean.numpy(), feats.mean(0), atol=1e-5)
+    assert np.allclose(model.feature_std.numpy(), feats.std(0), atol=1e-5)
+    # steps 1-2 train the head only: the encoder is unchanged when step 3 starts; step 3 moves it
+    assert all(torch.equal(seen[0][k], seen[2][k]) for k in seen[0])
+    assert any(not torch.equal(seen[2][k], v) for k, v in result["model"].bert.state_dict().items()) or result["best_step"] < 3
+    if head_init == "probe":
+        assert result["history"][0]["step"] == 0  # the probe's own state is a candidate, scored on dev first

@@ -117,16 +117,6 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(real_shards, tmp_path):
     assert found and found[-1][0] == len(losses(save)) and 3 <= found[-1][0] < 400
 
 
-@pytest.fixture
-def single_rank(monkeypatch):
-    """One rank in this process: what the launcher would set, for tests that need no second rank."""
-    from launch import free_port
-
-    for k, v in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}.items():
-        monkeypatch.setenv(k, os.environ.get(k, v) if torch.distributed.is_initialized() else v)
-    torch.set_num_threads(2)
-
-
 def _train(**kw):
     from megadna.train import TrainConfig, train
 

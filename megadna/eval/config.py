@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass, field
 
 from megadna.errors import InputError
-from megadna.model import PRESETS
+from megadna.model import PRESETS, is_shape_spec
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,7 @@ def recipe_for(name: str) -> Recipe:
 @dataclass
 class GUEConfig:
     gue_dir: str = field(default="", metadata={"help": "folder holding <task>/<dataset>/{train,dev,test}.csv (the GUE folder)"})
-    model: str = field(default="", metadata={"help": "--init pretrained: a checkpoint dir, a run's save_dir or an export; --init random: a preset (" + ", ".join(PRESETS) + ") with --tokenizer, or a model path (its shape and tokenizer, new random weights)"})
+    model: str = field(default="", metadata={"help": "--init pretrained: a checkpoint dir, a run's save_dir or an export; --init random: a preset (" + ", ".join(PRESETS) + ") or a JSON model config with --tokenizer, or a model path (its shape and tokenizer, new random weights)"})
     init: str = field(default="pretrained", metadata={"help": "pretrained | random (the control: same architecture, no pre-training)"})
     tokenizer: str = field(default="", metadata={"help": "--init random with a preset only: kmer6, nkmer6, base or a BPE directory (a model path brings its own)"})
     finetune_tokenizer: str = field(default="", metadata={"help": "tokenize the GUE sequences with this tokenizer instead of the model's own (e.g. kmer6 for an nkmer6 model); the vocabularies must be identical"})
@@ -57,6 +57,9 @@ class GUEConfig:
     probe_layer: int = field(default=-1, metadata={"help": "probe: the encoder output used (-1: last layer, 0: embeddings, k: layer k)"})
     pooling: str = field(default="mean", metadata={"help": "probe: mean (over the sequence's tokens) | cls"})
     head_pooling: str = field(default="cls", metadata={"help": "finetune: what the classifier reads, cls (HF's BertForSequenceClassification, the published recipe) | mean (over the sequence's tokens)"})
+    head_init: str = field(default="random", metadata={"help": "finetune: the classifier head's start, random (HF's init on the raw pooled vector, the published recipe) | standardize (HF's init on the pooled vector standardised with the train rows' statistics) | probe (standardize, and the head starts as the linear probe's solution on the frozen encoder's pooled train features, C chosen on dev: linear probing then fine-tuning, Kumar et al. 2022)"})
+    freeze_encoder_steps: int = field(default=0, metadata={"help": "finetune: train only the head (pooler + classifier) for this many first steps, then the whole model (linear probing then fine-tuning, Kumar et al. 2022); 0: the whole model from step 1"})
+    save_models: str = field(default="all", metadata={"help": "finetune: keep the selected fine-tuned classifier as a Hugging Face directory in output_dir/models/: all (one per dataset, train size and seed) | best (the seed with the best dev MCC per dataset and train size) | none"})
     probe_C: str = field(default="0.01,0.1,1,10", metadata={"help": "probe: logistic regression inverse regularisation strengths to try; the best on dev is scored on test"})
     rc_average: bool = field(default=False, metadata={"help": "average the predictions of each sequence and its reverse complement (logits when fine-tuning, probabilities when probing)"})
     output_dir: str = field(default="runs/gue", metadata={"help": "results, predictions and per-run markers go here"})
@@ -91,6 +94,10 @@ class GUEConfig:
         for name in ("pooling", "head_pooling"):
             if getattr(self, name) not in ("mean", "cls"):
                 raise InputError(f"--{name} must be mean or cls, got {getattr(self, name)!r}")
+        if self.head_init not in ("random", "standardize", "probe"):
+            raise InputError(f"--head_init must be random, standardize or probe, got {self.head_init!r}")
+        if self.save_models not in ("all", "best", "none"):
+            raise InputError(f"--save_models must be all, best or none, got {self.save_models!r}")
         if self.precision not in ("auto", "fp32", "bf16"):
             raise InputError(f"--precision must be auto, fp32 or bf16, got {self.precision!r}")
         for name in ("batch_size", "eval_batch_size"):
@@ -103,7 +110,7 @@ class GUEConfig:
             raise InputError("--lr, --probe_C and --max_grad_norm must be > 0, --weight_decay >= 0")
         if any(n < 0 for n in self.train_sizes()):
             raise InputError(f"--max_train_samples sizes must be >= 0, got {self.max_train_samples!r}")
-        for name in ("max_tokens", "max_eval_samples"):
+        for name in ("max_tokens", "max_eval_samples", "freeze_encoder_steps"):
             if getattr(self, name) < 0:
                 raise InputError(f"--{name} must be >= 0")
         if self.max_tokens == 1:
@@ -115,7 +122,7 @@ class GUEConfig:
             raise InputError(f"--init must be pretrained or random, got {self.init!r}")
         if not self.model:
             raise InputError("--model is required: a checkpoint/run/export path (--init pretrained) or a preset (--init random)")
-        if self.init == "random" and self.model in PRESETS:
+        if self.init == "random" and is_shape_spec(self.model):
             if not self.tokenizer:
                 raise InputError("--init random with a preset needs --tokenizer (e.g. kmer6), as no checkpoint brings one")
         elif self.tokenizer:
@@ -153,8 +160,13 @@ class GUEConfig:
         """What decides one (dataset, seed) result: a finished run is reused only if this is unchanged."""
         # `model` is left out: the model's identity (resolved path, step, shape, tokenizer) is added by run_gue.
         # `max_train_samples` too: each record carries its own train_size, so adding a size to the curve reuses the rest.
-        skip = {"gue_dir", "output_dir", "datasets", "seeds", "device", "progress", "model", "max_train_samples"}
+        skip = {"gue_dir", "output_dir", "datasets", "seeds", "device", "progress", "model", "max_train_samples", "save_models"}
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
+
+
+def key_defaults() -> dict:
+    """Every GUEConfig field's default: a run key written before a field existed had that field's default."""
+    return {f.name: f.default for f in dataclasses.fields(GUEConfig) if f.default is not dataclasses.MISSING}
 
 
 def _numbers(text: str, kind, flag: str) -> list:

@@ -47,11 +47,11 @@ class Backbone:
 
 
 def load_backbone(cfg: GUEConfig) -> Backbone:
-    """cfg.model: a preset with cfg.tokenizer (--init random), else a checkpoint, run or export."""
-    from megadna.model import PRESETS
+    """cfg.model: a preset or JSON model config with cfg.tokenizer (--init random), else a checkpoint, run or export."""
+    from megadna.model import is_shape_spec
     from megadna.model.pretrained import load_pretrained
 
-    if cfg.init == "random" and cfg.model in PRESETS:
+    if cfg.init == "random" and is_shape_spec(cfg.model):
         tokenizer = get_tokenizer(cfg.tokenizer)
         mcfg = model_config(cfg.model, vocab_size=tokenizer.vocab_size)
         info = {"kind": "random", "preset": cfg.model, "model": mcfg.to_dict(), "tokenizer": tokenizer.to_dict()}
@@ -153,6 +153,37 @@ def _train_step(model: BertClassifier, opt, sched, data: Encoded, idx: torch.Ten
     return loss_sum
 
 
+def _data_head(model: BertClassifier, data: dict[str, Encoded], num_labels: int, cfg: GUEConfig, seed: int,
+               device: torch.device) -> None:
+    """--head_init standardize: the head reads the pooled vector standardised with the train rows'
+    statistics (frozen encoder, eval mode). probe: also start the head as the linear probe's solution
+    on those features (C chosen on dev, as --mode probe does)."""
+    from megadna.eval.probe import features, fit_linear
+
+    splits = ("train", "dev") if cfg.head_init == "probe" else ("train",)
+    feats = {s: features(model.bert, data[s], -1, model.pooling, device, cfg.eval_batch_size, cfg.precision) for s in splits}
+    as_tensor = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.float32, device=device)  # noqa: E731
+    model.set_feature_stats(as_tensor(feats["train"].mean(0)), as_tensor(feats["train"].std(0)))
+    if cfg.head_init != "probe":
+        return
+    fit = fit_linear(feats, {s: data[s].labels.numpy() for s in splits}, cfg.probe_Cs(), seed, num_labels)
+    lr_model = fit["model"]
+    coef, intercept = lr_model.coef_, lr_model.intercept_
+    if coef.shape[0] == 1:  # binary: sklearn's one logit for classes_[1] = two softmax logits [-z/2, z/2]
+        coef, intercept = np.concatenate([-coef / 2, coef / 2]), np.concatenate([-intercept / 2, intercept / 2])
+    weight = np.zeros((num_labels, coef.shape[1]))
+    bias = np.full(num_labels, -30.0)  # a class absent from train starts improbable
+    weight[lr_model.classes_], bias[lr_model.classes_] = coef, intercept
+    model.set_linear_head(as_tensor(weight), as_tensor(bias))
+    log.info("head from the probe: C %g, dev MCC %.2f", fit["C"], fit["best_dev_mcc"])
+
+
+def _freeze_encoder(model: BertClassifier, frozen: bool) -> None:
+    """Head-only steps: the encoder gets no gradients, so AdamW leaves it (and its moments) untouched."""
+    for p in model.bert.parameters():
+        p.requires_grad_(not frozen)
+
+
 def _evaluates(recipe: Recipe, step: int, total: int, end_of_epoch: bool) -> bool:
     """Whether dev is scored after this step: every eval_steps (0: every epoch end), and at the last."""
     return step == total or (recipe.eval_steps > 0 and step % recipe.eval_steps == 0) or (recipe.eval_steps == 0 and end_of_epoch)
@@ -172,6 +203,8 @@ def finetune(backbone: Backbone, data: dict[str, Encoded], num_labels: int, reci
     from transformers import get_linear_schedule_with_warmup
 
     model = backbone.classifier(num_labels, seed, cfg.head_pooling).to(device).train()
+    if cfg.head_init != "random":
+        _data_head(model, data, num_labels, cfg, seed, device)
     opt = _optimizer(model, cfg, lr)
     n_train = len(data["train"].labels)
     steps_per_epoch = math.ceil(n_train / cfg.batch_size)
@@ -185,7 +218,14 @@ def finetune(backbone: Backbone, data: dict[str, Encoded], num_labels: int, reci
     bar = _progress(cfg, total, desc)
     step, epoch, perm, pos = 0, 0, _order(seed, 0, n_train), 0
     t0 = time.perf_counter()
+    if cfg.head_init == "probe":  # the probe's own state is a candidate too: LP-FT never ends below it on dev
+        dev, _ = score(model, data["dev"], cfg, device, rc=rc_data and rc_data["dev"])
+        history.append({"step": 0, "epoch": 0, "train_loss": None, **{f"dev_{k}": v for k, v in dev.items()}})
+        best = {"dev_mcc": dev["mcc"], "step": 0, "state": {k: v.detach().clone() for k, v in model.state_dict().items()}}
+    _freeze_encoder(model, cfg.freeze_encoder_steps > 0)
     while step < total:
+        if step == cfg.freeze_encoder_steps and step > 0:
+            _freeze_encoder(model, False)
         idx = perm[pos:pos + cfg.batch_size]
         pos += cfg.batch_size
         loss_sum = _train_step(model, opt, sched, data["train"], idx, cfg, device)

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from megadna.errors import InputError
-from megadna.eval.config import GUEConfig
+from megadna.eval.config import GUEConfig, key_defaults
 from megadna.eval.data import SPLITS, Split, select_datasets
 from megadna.eval.finetune import Backbone, finetune, load_backbone, resolve_device, score
 from megadna.eval.probe import fit_probe
@@ -45,9 +45,9 @@ __all__ = ["GUEConfig", "format_table", "read_finished", "run_gue", "run_name", 
 log = logging.getLogger(__name__)
 
 
-def run_name(name: str, seed: int, train_size: int = 0) -> str:
-    """The stem of a unit's files in predictions/ and runs/: ("tf/0", 42) -> tf__0__seed42; with a
-    train subset of 500 rows -> tf__0__n500__seed42."""
+def run_name(name: str, seed: int | str, train_size: int = 0) -> str:
+    """The stem of a unit's files in predictions/, runs/ and models/: ("tf/0", 42) -> tf__0__seed42; with a
+    train subset of 500 rows -> tf__0__n500__seed42; ("tf/0", "best") -> tf__0__seedbest (--save_models best)."""
     task, dataset = name.split("/", 1)
     size = f"__n{train_size}" if train_size else ""
     return f"{task}__{dataset}{size}__seed{seed}"
@@ -71,8 +71,9 @@ def read_finished(marker: Path, predictions: Path, run_key: dict) -> dict | None
     record = read_json_or_none(marker)
     if not isinstance(record, dict):
         return None  # a damaged marker: redo the run
-    if record.get("run_key") != run_key:
-        old = record.get("run_key") or {}
+    # A field added since that run was written is read at its default (which is what that run used).
+    old = {**{k: v for k, v in key_defaults().items() if k in run_key}, **(record.get("run_key") or {})}
+    if old != run_key:
         diff = ", ".join(f"{k}: {old.get(k)!r} then, {v!r} now" for k, v in run_key.items() if old.get(k) != v)
         raise InputError(f"{marker}: this run finished under a different config ({diff}); use another --output_dir, "
                          "or delete the folder's runs/ and predictions/ to start over")
@@ -161,11 +162,14 @@ def _run_dataset(name: str, seeds: list[int], cfg: GUEConfig, backbone: Backbone
             result = _probe_unit(task, unit, cfg, backbone, seed, device, out, run_key)
         else:
             result = _finetune_unit(task, unit, cfg, backbone, seed, device, desc)
+        model = result.pop("model", None)
         write_predictions(out / "predictions" / f"{rn}.csv", task.splits["test"], result.pop("probs"))
         record = {"dataset": name, "seed": seed, "train_size": size, "mode": cfg.mode, **result, "recipe": dataclasses.asdict(task.recipe),
                   "max_tokens": task.max_tokens, "truncated": task.truncated, "num_labels": task.num_labels,
                   "sizes": {"train": len(unit), "dev": len(task.splits["dev"]), "test": len(task.splits["test"])},
                   "run_key": {**run_key, "train_size": size}}
+        if model is not None and cfg.save_models != "none":
+            _save_model(model, backbone, task, record, out, run_name(name, "best", size) if cfg.save_models == "best" else rn)
         write_json(out / "runs" / f"{rn}.json", record)  # last: marks it finished
         log.info("%s: test MCC %.2f, F1 %.2f, accuracy %.2f (best dev MCC %.2f; chosen %s)", desc,
                  result["test"]["mcc"], result["test"]["f1"], result["test"]["accuracy"], result["best_dev_mcc"], result["selected"])
@@ -185,10 +189,26 @@ def _finetune_unit(task: Task, rows: np.ndarray, cfg: GUEConfig, backbone: Backb
         sweep[f"{lr:g}"] = result["best_dev_mcc"]
         if best is None or result["best_dev_mcc"] > best["best_dev_mcc"]:
             best = {**result, "selected": {"lr": lr}}
-    model = best.pop("model")
+    model = best["model"]
     best["test"], best["probs"] = score(model, task.encoded["test"], cfg, device, rc=task.rc_encoded and task.rc_encoded["test"])
     best["dev_by_lr"] = sweep
     return best
+
+
+def _save_model(model, backbone: Backbone, task: Task, record: dict, out: Path, stem: str) -> None:
+    """The unit's fine-tuned classifier into out/models/<stem> (--save_models best: only if its dev MCC
+    beats the seed saved there before)."""
+    from megadna.model.classifier_export import CLASSIFIER_META, save_classifier
+
+    target = out / "models" / stem
+    if stem.endswith("__seedbest"):
+        kept = read_json_or_none(target / CLASSIFIER_META) or {}
+        if kept.get("best_dev_mcc", -np.inf) >= record["best_dev_mcc"]:
+            return
+    meta = {k: record[k] for k in ("dataset", "seed", "train_size", "test", "best_dev_mcc", "best_step", "selected", "recipe", "max_tokens")}
+    meta |= {"base_model": record["run_key"]["model"], "head_init": record["run_key"].get("head_init", "random")}
+    record["saved_model"] = str(target)
+    save_classifier(model, backbone.tokenizer, target, meta)
 
 
 def _probe_unit(task: Task, rows: np.ndarray, cfg: GUEConfig, backbone: Backbone, seed: int, device: torch.device,

@@ -141,15 +141,10 @@ def _proba(model, x: np.ndarray, num_labels: int) -> np.ndarray:
     return out
 
 
-def fit_probe(feats: dict[str, np.ndarray], labels: dict[str, np.ndarray], Cs: list[float], seed: int,
-              rc_feats: dict[str, np.ndarray] | None = None, num_labels: int | None = None) -> dict:
-    """Logistic regression on features of "train", C chosen by dev MCC (ties: the smaller C), test
-    scored once with the chosen model. With rc_feats (the reverse-complemented sequences' features),
-    class probabilities are the mean of the two passes, on dev and test alike.
-
-    Returns {"test": scores (x 100), "best_dev_mcc", "selected": {"C"}, "dev_by_C": {str(C): dev MCC},
-    "probs": test probabilities [n, num_labels] float32} (num_labels: default the largest train/dev label + 1, >= 2).
-    """
+def fit_linear(feats: dict[str, np.ndarray], labels: dict[str, np.ndarray], Cs: list[float], seed: int,
+               num_labels: int, rc_feats: dict[str, np.ndarray] | None = None) -> dict:
+    """Standardised logistic regression on "train", C chosen by dev MCC (ties: the smaller C). Reads
+    train and dev only. Returns {"scaler", "model", "C", "best_dev_mcc", "dev_by_C", "probs": fn(split)}."""
     from sklearn.preprocessing import StandardScaler
 
     cs = list(dict.fromkeys(float(c) for c in Cs))
@@ -158,13 +153,12 @@ def fit_probe(feats: dict[str, np.ndarray], labels: dict[str, np.ndarray], Cs: l
     y_train, y_dev = np.asarray(labels["train"]), np.asarray(labels["dev"])
     if len(np.unique(y_train)) < 2:
         raise InputError(f"probe: the {len(y_train)} train rows hold one class only; a classifier needs two")
-    k = num_labels or max(2, int(max(y_train.max(), y_dev.max())) + 1)
     scaler = StandardScaler().fit(np.asarray(feats["train"], dtype=np.float64))  # train statistics only
 
     def probs(model, split: str) -> np.ndarray:
-        p = _proba(model, scaler.transform(np.asarray(feats[split], dtype=np.float64)), k)
+        p = _proba(model, scaler.transform(np.asarray(feats[split], dtype=np.float64)), num_labels)
         if rc_feats is not None:
-            p = (p + _proba(model, scaler.transform(np.asarray(rc_feats[split], dtype=np.float64)), k)) / 2
+            p = (p + _proba(model, scaler.transform(np.asarray(rc_feats[split], dtype=np.float64)), num_labels)) / 2
         return p
 
     x_train = scaler.transform(np.asarray(feats["train"], dtype=np.float64))
@@ -173,9 +167,24 @@ def fit_probe(feats: dict[str, np.ndarray], labels: dict[str, np.ndarray], Cs: l
         model = _fit(x_train, y_train, c, seed)
         mcc = scores(y_dev, probs(model, "dev").argmax(1))["mcc"]
         dev_by_C[str(c)] = mcc
-        if best is None or mcc > best["mcc"] or (mcc == best["mcc"] and c < best["C"]):
-            best = {"mcc": mcc, "C": c, "model": model}
+        if best is None or mcc > best["best_dev_mcc"] or (mcc == best["best_dev_mcc"] and c < best["C"]):
+            best = {"best_dev_mcc": mcc, "C": c, "model": model}
+    return {**best, "scaler": scaler, "dev_by_C": dev_by_C, "probs": lambda split: probs(best["model"], split)}
+
+
+def fit_probe(feats: dict[str, np.ndarray], labels: dict[str, np.ndarray], Cs: list[float], seed: int,
+              rc_feats: dict[str, np.ndarray] | None = None, num_labels: int | None = None) -> dict:
+    """`fit_linear` on train and dev, then test scored once with the chosen model. With rc_feats (the
+    reverse-complemented sequences' features), class probabilities are the mean of the two passes, on
+    dev and test alike.
+
+    Returns {"test": scores (x 100), "best_dev_mcc", "selected": {"C"}, "dev_by_C": {str(C): dev MCC},
+    "probs": test probabilities [n, num_labels] float32} (num_labels: default the largest train/dev label + 1, >= 2).
+    """
+    y_train, y_dev = np.asarray(labels["train"]), np.asarray(labels["dev"])
+    k = num_labels or max(2, int(max(y_train.max(), y_dev.max())) + 1)
+    fit = fit_linear(feats, labels, Cs, seed, k, rc_feats=rc_feats)
     # Only now is test read: features and labels, once, for the chosen model.
-    test_probs = probs(best["model"], "test")
-    return {"test": scores(np.asarray(labels["test"]), test_probs.argmax(1)), "best_dev_mcc": best["mcc"],
-            "selected": {"C": best["C"]}, "dev_by_C": dev_by_C, "probs": test_probs.astype(np.float32)}
+    test_probs = fit["probs"]("test")
+    return {"test": scores(np.asarray(labels["test"]), test_probs.argmax(1)), "best_dev_mcc": fit["best_dev_mcc"],
+            "selected": {"C": fit["C"]}, "dev_by_C": fit["dev_by_C"], "probs": test_probs.astype(np.float32)}

@@ -45,11 +45,37 @@ class BertClassifier(nn.Module):
         self.pooler = nn.Linear(config.hidden_size, config.hidden_size)
         self.dropout = nn.Dropout(config.hidden_dropout)
         self.classifier = nn.Linear(config.hidden_size, num_labels)
+        # The pooled vector is standardised before the pooler: (pooled - feature_mean) / feature_std.
+        # Identity unless set from data (set_feature_stats).
+        self.register_buffer("feature_mean", torch.zeros(config.hidden_size))
+        self.register_buffer("feature_std", torch.ones(config.hidden_size))
         for layer in (self.pooler, self.classifier):  # HF's init
             nn.init.normal_(layer.weight, std=config.initializer_range)
             nn.init.zeros_(layer.bias)
 
+    @torch.no_grad()
+    def set_feature_stats(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        """Standardise the pooled vector with these statistics (of the train rows' pooled features).
+
+        A pre-trained encoder's pooled vectors share a large common part and differ little
+        (docs/PAPER.md): the pooler's weights, moved by AdamW by ~lr each whatever the input's scale,
+        then mostly move that common part. Standardised, every direction counts the same."""
+        self.feature_mean.copy_(mean)
+        self.feature_std.copy_(std.clamp(min=1e-6))
+
+    @torch.no_grad()
+    def set_linear_head(self, weight: torch.Tensor, bias: torch.Tensor, scale: float = 0.5) -> None:
+        """Start the head as a linear classifier of the standardised pooled vector z: logits ~
+        weight @ z + bias ([num_labels, H], [num_labels]: a probe's solution). The pooler becomes
+        scale x identity (tanh(scale z) / scale is within 25% of z for |z| < 2) and the classifier
+        weight / scale."""
+        nn.init.eye_(self.pooler.weight).mul_(scale)
+        nn.init.zeros_(self.pooler.bias)
+        self.classifier.weight.copy_(weight / scale)
+        self.classifier.bias.copy_(bias)
+
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """[B, L] ids and mask -> [B, num_labels] logits."""
-        pooled = pool(self.bert(input_ids, attention_mask), attention_mask, self.pooling).to(self.pooler.weight.dtype)
+        pooled = pool(self.bert(input_ids, attention_mask), attention_mask, self.pooling)
+        pooled = ((pooled - self.feature_mean) / self.feature_std).to(self.pooler.weight.dtype)
         return self.classifier(self.dropout(torch.tanh(self.pooler(pooled))))

@@ -33,6 +33,7 @@ from megadna.errors import InputError
 from megadna.integrity import weights_only
 from megadna.jsonfile import read_json
 from megadna.model import BertForMLM, ModelConfig
+from megadna.model.bert import config_from_fields, config_from_hf
 from megadna.rundir import RunDir
 from megadna.tokenizers import DNATokenizer, load_tokenizer
 from megadna.tokenizers.base import CONFIG_FILE as TOKENIZER_FILE
@@ -89,7 +90,7 @@ def _load_checkpoint(d: Path, device) -> tuple[BertForMLM, DNATokenizer, dict]:
     meta = ckpt.read_meta(d)
     if not isinstance(meta.get("model"), dict):
         raise InputError(f"{d / ckpt.META}: has no 'model' config; written by an older megadna?")
-    cfg = _model_config(meta["model"], d / ckpt.META)
+    cfg = config_from_fields(meta["model"], d / ckpt.META)
     ckpt.verify_files(d, meta)  # sizes and sha256 recorded at save: nothing is deserialised before this
     tokenizer = load_tokenizer(d / ckpt.TOKENIZER_DIR)
     if tokenizer.vocab_size != cfg.vocab_size:
@@ -133,7 +134,7 @@ def _load_export(d: Path, device) -> tuple[BertForMLM, DNATokenizer, dict]:
         raise InputError(f"{d}: an HF model directory without {TOKENIZER_FILE}; megadna loads only its own "
                          "exports (tools/export_hf.py), whose tokenizer it can rebuild exactly")
     hf = _read_json(d / HF_CONFIG_FILE)
-    cfg = model_config_from_hf(hf, d / HF_CONFIG_FILE)
+    cfg = config_from_hf(hf, d / HF_CONFIG_FILE)
     tokenizer = load_tokenizer(d)
     if tokenizer.vocab_size != cfg.vocab_size:
         raise InputError(f"{d}: {TOKENIZER_FILE} describes {tokenizer.vocab_size} tokens but config.json says "
@@ -145,41 +146,9 @@ def _load_export(d: Path, device) -> tuple[BertForMLM, DNATokenizer, dict]:
     return model.to(device), tokenizer, info
 
 
-def model_config_from_hf(hf: dict, where: Path) -> ModelConfig:
-    """ModelConfig from a BERT config.json (the inverse of ModelConfig.to_hf_config)."""
-    if hf.get("model_type") != "bert":
-        raise InputError(f"{where}: model_type {hf.get('model_type')!r}; megadna loads BERT models only")
-    if hf.get("hidden_act", "gelu") != "gelu" or hf.get("position_embedding_type", "absolute") != "absolute":
-        raise InputError(f"{where}: hidden_act {hf.get('hidden_act')!r} / position_embedding_type "
-                         f"{hf.get('position_embedding_type')!r}: megadna's BERT has exact GELU and absolute positions")
-    names = {"vocab_size": "vocab_size", "hidden_size": "hidden_size", "num_layers": "num_hidden_layers",
-             "num_heads": "num_attention_heads", "intermediate_size": "intermediate_size",
-             "max_position_embeddings": "max_position_embeddings", "type_vocab_size": "type_vocab_size",
-             "layer_norm_eps": "layer_norm_eps", "hidden_dropout": "hidden_dropout_prob",
-             "attention_dropout": "attention_probs_dropout_prob", "initializer_range": "initializer_range",
-             "pad_token_id": "pad_token_id"}
-    missing = [hf_name for ours, hf_name in names.items() if hf_name not in hf and ours in ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size")]
-    if missing:
-        raise InputError(f"{where}: missing {', '.join(missing)}")
-    return _model_config({ours: hf[h] for ours, h in names.items() if h in hf and hf[h] is not None}, where)
-
-
 # --------------------------------------------------------------------------------------------------
 # Shared
 # --------------------------------------------------------------------------------------------------
-
-
-def _model_config(fields: dict, where: Path) -> ModelConfig:
-    known = set(ModelConfig.__dataclass_fields__)
-    unknown = sorted(set(fields) - known)
-    if unknown:
-        raise InputError(f"{where}: unknown model config field(s) {unknown}")
-    try:
-        return ModelConfig(**fields)
-    except TypeError as e:
-        raise InputError(f"{where}: incomplete model config: {e}") from None
-    except InputError as e:
-        raise InputError(f"{where}: {e}") from None
 
 
 def _read_json(path: Path) -> dict:

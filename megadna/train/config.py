@@ -12,7 +12,7 @@ from pathlib import Path
 from megadna.errors import InputError
 from megadna.jsonfile import read_json
 from megadna.masking import POLICIES, MaskingConfig
-from megadna.model import PRESETS
+from megadna.model import PRESETS, is_shape_spec
 from megadna.seqlen import parse_schedule
 
 
@@ -20,7 +20,8 @@ from megadna.seqlen import parse_schedule
 class TrainConfig:
     data: str = field(default="", metadata={"help": "shard directory from tools/make_shards.py; empty: build the demo data in save_dir/demo_data"})
     tokenizer: str = field(default="kmer6", metadata={"help": "kmer<k> (overlapping), nkmer<k> (non-overlapping), base, or a saved BPE directory"})
-    model: str = field(default="tiny", metadata={"help": f"model preset: {', '.join(PRESETS)}"})
+    model: str = field(default="tiny", metadata={"help": f"model shape: a preset ({', '.join(PRESETS)}) or a JSON file of Hugging Face BertConfig fields (e.g. a BERT model's config.json; vocab_size comes from the tokenizer)"})
+    init_from: str = field(default="", metadata={"help": "start from these weights instead of random init (a new run only; resume ignores it): a megadna checkpoint, run or export, or a Hugging Face BERT directory (config.json, model.safetensors or pytorch_model.bin, vocab.txt; rows matched by token string, e.g. DNABERT). Optimizer, schedule and data position start fresh"})
     masking: str = field(default="randommask", metadata={"help": "bert | dnabert | randommask"})
     mask_ratio: float = field(default=0.15, metadata={"help": "target share of maskable tokens masked"})
     max_boundary: int = field(default=0, metadata={"help": "RandomMask B_max in tokens (0: the masking module's default, 2k)"})
@@ -48,8 +49,8 @@ class TrainConfig:
         if self.max_steps < 1 or self.save_interval < 1 or self.log_interval < 1:
             raise InputError("--max_steps, --save_interval and --log_interval must be >= 1")
         parse_schedule(self.seq_len_schedule)
-        if self.model not in PRESETS:
-            raise InputError(f"--model {self.model!r} is not a preset; choose from {', '.join(PRESETS)}")
+        if not is_shape_spec(self.model):
+            raise InputError(f"--model {self.model!r} is not a preset ({', '.join(PRESETS)}) nor a JSON model config (*.json)")
 
     def masking_config(self) -> MaskingConfig:
         return MaskingConfig(policy=self.masking, mask_ratio=self.mask_ratio, max_boundary=self.max_boundary or None, phases=self.mask_phases)

@@ -121,6 +121,7 @@ class Trainer:
         self.resume_meta = ckpt.read_meta(self.resume_dir) if self.resume_dir else None
         self._setup_data_and_model()
         model = BertForMLM(self.mcfg)
+        self.init_source = self._init_from(model)
         self.engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=[p for p in model.parameters() if p.requires_grad], config=self.ds_cfg)
         self.device = self.engine.device
         self.step, self.batches_consumed = self._load_resume_state()
@@ -154,6 +155,18 @@ class Trainer:
              "model": self.mcfg.to_dict(), "max_tokens": self.max_tokens, "world_size": self.world, "resume": self.resume_meta},
             "resolved config", hint="launch every node with the same arguments, DeepSpeed config, tokenizer and --save_dir",
         )
+
+    def _init_from(self, model: BertForMLM) -> dict | None:
+        """--init_from: the source's weights into the new model (a resumed run has its own weights)."""
+        if not self.cfg.init_from or self.resume_dir:
+            return None
+        from megadna.model.init_from import init_state
+
+        state, source = init_state(self.cfg.init_from, self.tokenizer, self.mcfg)
+        model.load_state_dict(state, strict=True)
+        if self.is_main:
+            log.info("weights from %s (%s%s)", source["path"], source["kind"], ", rows remapped by token" if source["remapped_by_token"] else "")
+        return source
 
     def _demo_data(self) -> Path:
         """Rank 0 builds the demo shards once; the others wait for them."""
@@ -195,6 +208,8 @@ class Trainer:
             "deepspeed": self.ds_cfg,
             "world_size": self.world,
             "max_tokens": self.max_tokens,
+            # Where the first weights came from; a resumed run keeps what its checkpoint recorded.
+            "init_from": (read_json_or_none(self.resume_dir / ckpt.CONFIG) or {}).get("init_from") if self.resume_dir else self.init_source,
             "data_manifest": {k: self.manifest[k] for k in ("window_config", "totals")},
         }
 
