@@ -159,3 +159,35 @@ def test_pretraining_starts_from_the_source_and_records_it(real_shards, tmp_path
     summary = Trainer(TrainConfig(max_steps=3, **common), str(ROOT / "ds_configs" / "cpu_tiny.json")).fit()  # resumes at step 2
     assert summary["start_step"] == 2
     assert RunDir(tmp_path / "run").read_config()["init_from"] == recorded
+
+
+def test_more_than_512_positions_end_to_end(shared_data, tmp_path, single_rank):
+    """--model JSON with 1,030 positions: pre-training on 1,000-bp windows (998 3-mers + 2 specials),
+    export (verified by transformers), and GUE evaluation without truncation."""
+    from megadna.data.genome import WindowConfig
+    from megadna.data.shard_writer import ShardConfig, write_shards
+    from megadna.data.synthetic import write_demo_gue
+    from megadna.eval.gue import run_gue
+    from megadna.model.export import export_hf
+    from megadna.model.pretrained import load_pretrained
+    from megadna.rundir import RunDir
+    from megadna.train import TrainConfig, train
+
+    shape = tmp_path / "long.json"
+    shape.write_text(json.dumps({"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64,
+                                 "max_position_embeddings": 1030, "attention_probs_dropout_prob": 0.0}))
+    write_shards([shared_data / "genomes" / "C.elegans.fa.gz"], tmp_path / "shards", WindowConfig(window=1000, stride=1000, val_fraction=0.05),
+                 ShardConfig(samples_per_shard=200))
+    summary = train(TrainConfig(data=str(tmp_path / "shards"), tokenizer="kmer3", model=str(shape), save_dir=str(tmp_path / "run"), max_steps=2,
+                                save_interval=2, num_workers=0, progress=False, eval_interval=0, log_interval=1),
+                    str(ROOT / "ds_configs" / "cpu_tiny.json"))
+    assert summary["final_step"] == 2
+    assert RunDir(tmp_path / "run").read_config()["max_tokens"] == 1000
+    export_hf(tmp_path / "run", tmp_path / "export")
+    model, _, _ = load_pretrained(tmp_path / "export")
+    assert model.config.max_position_embeddings == 1030
+    write_demo_gue(tmp_path / "gue", seed=0, n_train=16, n_dev=8, n_test=8, length=900)
+    results = run_gue(gue_dir=str(tmp_path / "gue"), model=str(tmp_path / "export"), output_dir=str(tmp_path / "out"), seeds="1",
+                      max_steps=1, batch_size=8, eval_steps=1, progress=False, save_models="none")
+    row = results["datasets"][0]
+    assert row["max_tokens"] == 900 and row["truncated"] == {"train": 0, "dev": 0, "test": 0}
