@@ -371,6 +371,6 @@ def test_save_models_best_keeps_the_seed_with_the_best_dev_mcc(shared_data, tmp_
     assert [p.name for p in (tmp_path / "models").iterdir()] == ["tf__0__n64__seedbest"]
     devs = {s: json.loads((tmp_path / "runs" / f"tf__0__n64__seed{s}.json").read_text())["best_dev_mcc"] for s in SEEDS}
     kept = json.loads((tmp_path / "models" / "tf__0__n64__seedbest" / "megadna_classifier.json").read_text())
-    assert kept["best_dev_mcc"] == max(devs.values()) and devs[kept["seed"]] == max(devs.values())
+    assert kept["best_dev"] == max(devs.values()) and kept["metric"] == "mcc" and devs[kept["seed"]] == max(devs.values())
     run_gue(_quick(gue_dir=str(shared_data / "gue"), output_dir=str(tmp_path / "none"), datasets="tf/0", seeds="42", save_models="none"))
     assert not (tmp_path / "none" / "models").exists()

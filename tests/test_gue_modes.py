@@ -28,12 +28,13 @@ def test_lr_sweep_selects_on_dev_and_scores_test_once_for_the_choice(shared_data
     dev_mcc = {1e-4: 10.0, 3e-4: 30.0, 1e-3: 20.0}
     seen, scored = [], []
 
-    def fake_finetune(backbone, data, num_labels, recipe, cfg, seed, device, desc, lr=None, rc_data=None):
+    def fake_finetune(backbone, data, num_labels, recipe, cfg, seed, device, desc, lr=None, rc_data=None, problem="classification"):
         assert set(data) == {"train", "dev"}, "fine-tuning must not see test"
         seen.append(lr)
-        return {"model": f"model@{lr}", "lr": lr, "best_dev_mcc": dev_mcc[lr], "best_step": 1, "steps": 2, "epochs_run": 0.5, "history": [], "train_seconds": 0.0}
+        return {"model": f"model@{lr}", "lr": lr, "metric": "mcc", "best_dev": dev_mcc[lr], "best_step": 1, "steps": 2, "epochs_run": 0.5,
+                "history": [], "train_seconds": 0.0}
 
-    def fake_score(model, data, cfg, device, rc=None):
+    def fake_score(model, data, cfg, device, rc=None, problem="classification"):
         scored.append((model, len(data.labels)))
         return {"mcc": 1.0, "f1": 2.0, "accuracy": 3.0}, np.full((len(data.labels), 2), 0.5)
 

@@ -173,7 +173,7 @@ def test_fit_probe_chooses_C_on_dev_and_reads_test_once_after():
     log = []
     out = fit_probe(_Recording(feats, log=log, tag="x"), _Recording(labels, log=log, tag="y"), [1e-6, 10.0], seed=0)
     assert out["dev_by_C"]["1e-06"] == 0.0 and out["dev_by_C"]["10.0"] == 100.0
-    assert out["selected"] == {"C": 10.0} and out["best_dev_mcc"] == 100.0
+    assert out["selected"] == {"C": 10.0} and out["best_dev"] == 100.0
     assert out["test"]["mcc"] == -100.0  # the dev choice is scored, although test would have preferred 1e-6
     assert [e for e in log if e[1] == "test"] == [("x", "test"), ("y", "test")]
     assert log[-2:] == [("x", "test"), ("y", "test")]  # test read once, after every fit and dev score
@@ -233,7 +233,7 @@ def test_probe_end_to_end_on_real_tf0(shared_data, tmp_path, one_torch_thread):
     assert len(feats["train"]) == 400 and len(feats["test"]) == 200
     out = fit_probe(feats, labels, [0.01, 1.0], seed=1)
     assert -100 <= out["test"]["mcc"] <= 100 and out["selected"]["C"] in (0.01, 1.0)
-    assert set(out["dev_by_C"]) == {"0.01", "1.0"} and out["best_dev_mcc"] == max(out["dev_by_C"].values())
+    assert set(out["dev_by_C"]) == {"0.01", "1.0"} and out["best_dev"] == max(out["dev_by_C"].values())
     assert out["probs"].shape == (200, 2)
     assert len(list(tmp_path.glob("*.npy"))) == 3
     assert probe.cache_name(key) in {p.stem for p in tmp_path.glob("*.npy")}

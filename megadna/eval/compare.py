@@ -65,6 +65,9 @@ def _read_arm(arm_dir: Path) -> dict:
     units = {}
     for marker in sorted((arm_dir / "runs").glob("*.json")):
         rec = read_json(marker, "GUE run record")
+        if rec.get("problem", "classification") != "classification":
+            raise InputError(f"{marker}: a {rec['problem']} dataset; the paired comparison of arms (MCC intervals) is "
+                             "implemented for classification datasets only")
         table = _read_predictions(arm_dir / "predictions" / f"{marker.stem}.csv")
         units.setdefault((rec["dataset"], rec.get("train_size", 0)), {})[rec["seed"]] = (*table, rec)
     if not units:

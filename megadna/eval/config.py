@@ -57,6 +57,7 @@ class GUEConfig:
     probe_layer: int = field(default=-1, metadata={"help": "probe: the encoder output used (-1: last layer, 0: embeddings, k: layer k)"})
     pooling: str = field(default="mean", metadata={"help": "probe: mean (over the sequence's tokens) | cls"})
     head_pooling: str = field(default="cls", metadata={"help": "finetune: what the classifier reads, cls (HF's BertForSequenceClassification, the published recipe) | mean (over the sequence's tokens)"})
+    problem: str = field(default="auto", metadata={"help": "auto | classification | regression | multilabel (megadna.eval.problems): auto reads it from the CSVs: several label columns = multilabel, integer labels = classification, any other number = regression"})
     head_init: str = field(default="random", metadata={"help": "finetune: the classifier head's start, random (HF's init on the raw pooled vector, the published recipe) | standardize (HF's init on the pooled vector standardised with the train rows' statistics) | probe (standardize, and the head starts as the linear probe's solution on the frozen encoder's pooled train features, C chosen on dev: linear probing then fine-tuning, Kumar et al. 2022)"})
     freeze_encoder_steps: int = field(default=0, metadata={"help": "finetune: train only the head (pooler + classifier) for this many first steps, then the whole model (linear probing then fine-tuning, Kumar et al. 2022); 0: the whole model from step 1"})
     save_models: str = field(default="all", metadata={"help": "finetune: keep the selected fine-tuned classifier as a Hugging Face directory in output_dir/models/: all (one per dataset, train size and seed) | best (the seed with the best dev MCC per dataset and train size) | none"})
@@ -94,6 +95,8 @@ class GUEConfig:
         for name in ("pooling", "head_pooling"):
             if getattr(self, name) not in ("mean", "cls"):
                 raise InputError(f"--{name} must be mean or cls, got {getattr(self, name)!r}")
+        if self.problem not in ("auto", "classification", "regression", "multilabel"):
+            raise InputError(f"--problem must be auto, classification, regression or multilabel, got {self.problem!r}")
         if self.head_init not in ("random", "standardize", "probe"):
             raise InputError(f"--head_init must be random, standardize or probe, got {self.head_init!r}")
         if self.save_models not in ("all", "best", "none"):

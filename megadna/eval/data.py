@@ -2,13 +2,16 @@
 finding and selecting datasets, seeded subsets, and tokenizing them for fine-tuning.
 
 Every file is validated row by row as it is read: a bad row is an InputError naming file and line.
-Labels are class numbers 0..C-1 in ASCII digits; C comes from train.csv, where every class must occur,
-and dev/test may hold only train's classes (`check_labels`).
+What the labels are (class numbers, real values, or several 0/1 columns) is the dataset's problem
+(megadna.eval.problems: --problem, or read from the CSVs). Class numbers are 0..C-1 in ASCII digits;
+C comes from train.csv, where every class must occur, and dev/test may hold only train's classes
+(`check_labels`).
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import logging
 import re
@@ -21,62 +24,89 @@ import torch
 
 from megadna.errors import InputError, where
 from megadna.eval.config import GUEConfig
+from megadna.eval.problems import as_array, check_train_labels, detect
+from megadna.eval.problems import parse as parse_label
 from megadna.tokenizers import DNATokenizer
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "dev", "test")
 _DNA = re.compile(r"[ACGTNacgtn]+")
-_LABEL = re.compile(r"[0-9]+")  # ASCII only: \d, str.isdigit and int() also accept other scripts' digits ('٣')
-_MAX_LABEL_DIGITS = 9  # a class number, not an id: also keeps labels inside int64
 
 
 @dataclass
 class Split:
     sequences: list[str]  # upper-case A/C/G/T/N
-    labels: np.ndarray  # int64
+    labels: np.ndarray  # classification: int64 [n]; regression: float32 [n]; multilabel: float32 0/1 [n, L]
     index: np.ndarray  # int64: row of each sequence in the file (0 = first data row, line 2)
-    num_classes: int | None = None  # C of the whole dataset (from train.csv), set by load_dataset
+    num_classes: int | None = None  # outputs of the head: C classes, 1 value or L labels (set by load_dataset)
+    problem: str = "classification"  # megadna.eval.problems
+    label_names: tuple[str, ...] = ("label",)  # the label column(s) of the header
 
     def __len__(self) -> int:
         return len(self.sequences)
 
 
-def read_split(path: Path) -> Split:
-    """A GUE csv (header `sequence,label`), validated row by row; errors name file and line."""
+@dataclass
+class _Rows:
+    """A dataset CSV read and checked row by row, labels still text."""
+
+    path: Path
+    label_names: tuple[str, ...]
+    sequences: list[str]
+    cells: list[list[str]]
+    lines: list[int]
+
+
+def _read_rows(path: Path) -> _Rows:
+    """Header `sequence,<label column(s)>`; every sequence A/C/G/T/N. Errors name file and line."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: missing; a GUE dataset folder holds train.csv, dev.csv and test.csv")
-    seqs, labels = [], []
+    seqs, cells, lines = [], [], []
     reader = csv.reader(io.StringIO(_read_utf8(path), newline=""))
     try:
         header = next(reader, None)
         if header is None:
             raise InputError(f"{where(path, line=1)}: the file is empty; expected the header 'sequence,label'")
-        if [h.strip().lstrip("\ufeff").lower() for h in header] != ["sequence", "label"]:
-            raise InputError(f"{where(path, line=1)}: header is {','.join(header)!r}, expected 'sequence,label'")
+        names = [h.strip().lstrip("\ufeff") for h in header]
+        if len(names) < 2 or names[0].lower() != "sequence" or any(not n for n in names[1:]):
+            raise InputError(f"{where(path, line=1)}: header is {','.join(header)!r}, expected 'sequence,label' "
+                             "(or 'sequence,<label 1>,<label 2>,...' for a multilabel dataset)")
         for row in reader:
             line = reader.line_num
             if not row or all(not c.strip() for c in row):
-                raise InputError(f"{where(path, line=line)}: empty row; every row is 'sequence,label'")
-            if len(row) != 2:
-                raise InputError(f"{where(path, line=line)}: {len(row)} fields, expected 2 (sequence,label)")
-            seq, label = row[0].strip(), row[1].strip()
+                raise InputError(f"{where(path, line=line)}: empty row; every row is '{','.join(names)}'")
+            if len(row) != len(names):
+                raise InputError(f"{where(path, line=line)}: {len(row)} fields, expected {len(names)} ({','.join(names)})")
+            seq = row[0].strip()
             if not _DNA.fullmatch(seq):
                 bad = next((c for c in seq if c not in "ACGTNacgtn"), "") if seq else ""
                 what = f"non-DNA character {bad!r}" if seq else "an empty sequence"
                 raise InputError(f"{where(path, line=line)}: {what}; sequences hold only A, C, G, T, N")
-            if not _LABEL.fullmatch(label):
-                raise InputError(f"{where(path, line=line)}: label {label!r} is not a non-negative integer (ASCII digits 0-9)")
-            if len(label.lstrip("0")) > _MAX_LABEL_DIGITS:
-                raise InputError(f"{where(path, line=line)}: label {label} is not a class number (labels are 0..C-1 for C classes)")
             seqs.append(seq.upper())
-            labels.append(int(label))
+            cells.append(row[1:])
+            lines.append(line)
     except csv.Error as e:
         raise InputError(f"{where(path, line=reader.line_num)}: malformed CSV: {e}") from None
     if not seqs:
         raise InputError(f"{path}: no rows after the header")
-    return Split(seqs, np.asarray(labels, dtype=np.int64), np.arange(len(seqs), dtype=np.int64))
+    return _Rows(path, tuple(names[1:]), seqs, cells, lines)
+
+
+def _to_split(rows: _Rows, problem: str) -> Split:
+    if problem != "multilabel" and [n.lower() for n in rows.label_names] != ["label"]:
+        raise InputError(f"{where(rows.path, line=1)}: header is 'sequence,{','.join(rows.label_names)}', expected 'sequence,label' "
+                         f"for a {problem} dataset")
+    labels = [parse_label(problem, c, where(rows.path, line=line)) for c, line in zip(rows.cells, rows.lines)]
+    return Split(rows.sequences, as_array(problem, labels), np.arange(len(rows.sequences), dtype=np.int64),
+                 problem=problem, label_names=rows.label_names)
+
+
+def read_split(path: Path, problem: str = "classification") -> Split:
+    """A GUE csv (header `sequence,label`; `sequence,<labels...>` for multilabel), validated row by row;
+    errors name file and line."""
+    return _to_split(_read_rows(path), problem)
 
 
 def _read_utf8(path: Path) -> str:
@@ -154,14 +184,24 @@ def subsample(split: Split, n: int, rng: np.random.Generator) -> Split:
     if not n or n >= len(split):
         return split
     keep = np.sort(rng.choice(len(split), size=n, replace=False))
-    return Split([split.sequences[i] for i in keep], split.labels[keep], split.index[keep])
+    return dataclasses.replace(split, sequences=[split.sequences[i] for i in keep], labels=split.labels[keep], index=split.index[keep])
 
 
 def load_dataset(gue_dir, name: str, cfg: GUEConfig) -> dict[str, Split]:
     """train/dev/test of "task/dataset", each cut to cfg's seeded subset size (0: whole)."""
     folder = gue_root(gue_dir) / name
-    splits = {s: read_split(folder / f"{s}.csv") for s in SPLITS}
-    num_classes = check_labels(splits, folder)  # on the whole files, before any subset
+    rows = {s: _read_rows(folder / f"{s}.csv") for s in SPLITS}
+    for s in SPLITS[1:]:
+        if rows[s].label_names != rows["train"].label_names:
+            raise InputError(f"{where(folder / f'{s}.csv', line=1)}: label columns {','.join(rows[s].label_names)} differ from "
+                             f"train.csv's ({','.join(rows['train'].label_names)})")
+    problem = cfg.problem if cfg.problem != "auto" else detect(len(rows["train"].label_names), [c[0] for c in rows["train"].cells])
+    splits = {s: _to_split(r, problem) for s, r in rows.items()}
+    if problem == "classification":
+        num_classes = check_labels(splits, folder)  # on the whole files, before any subset
+    else:
+        check_train_labels(problem, splits["train"].labels, list(rows["train"].label_names), folder / "train.csv")
+        num_classes = 1 if problem == "regression" else len(rows["train"].label_names)
     # Subsets depend on (subsample_seed, dataset, split), not on the fine-tuning seed: every seed sees
     # the same data, so the spread over seeds is the spread of training alone.
     key = zlib.crc32(name.encode())
@@ -188,7 +228,7 @@ def token_counts(tokenizer: DNATokenizer, seqs: list[str]) -> np.ndarray:
 class Encoded:
     input_ids: torch.Tensor  # [n, max_tokens] int64
     lengths: torch.Tensor  # [n] real tokens incl. [CLS]/[SEP]
-    labels: torch.Tensor  # [n] int64
+    labels: torch.Tensor  # as Split.labels
 
 
 def encode_split(tokenizer: DNATokenizer, split: Split, max_tokens: int) -> Encoded:

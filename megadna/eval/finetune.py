@@ -19,9 +19,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from megadna.errors import InputError
+from megadna.eval import problems
 from megadna.eval.config import GUEConfig, Recipe
 from megadna.eval.data import Encoded
 from megadna.model import Bert, BertForMLM, ModelConfig, model_config
@@ -77,15 +77,6 @@ def resolve_device(spec: str) -> torch.device:
     return device
 
 
-def scores(labels: np.ndarray, preds: np.ndarray) -> dict[str, float]:
-    """MCC, macro F1 and accuracy, x 100 (the paper's scale), from scikit-learn."""
-    from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
-
-    return {"mcc": 100.0 * float(matthews_corrcoef(labels, preds)),
-            "f1": 100.0 * float(f1_score(labels, preds, average="macro", zero_division=0)),
-            "accuracy": 100.0 * float(accuracy_score(labels, preds))}
-
-
 def autocast(device: torch.device, precision: str):
     use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported())
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
@@ -102,7 +93,7 @@ def batch_rows(data: Encoded, idx: torch.Tensor, device: torch.device) -> tuple[
 
 @torch.no_grad()
 def logits(model: BertClassifier, data: Encoded, batch_size: int, device: torch.device, precision: str) -> torch.Tensor:
-    """Class logits [n, num_labels] (fp32, on the CPU), in eval mode."""
+    """Head outputs [n, num_labels] (fp32, on the CPU), in eval mode."""
     was_training = model.training
     model.eval()
     out = []
@@ -114,19 +105,22 @@ def logits(model: BertClassifier, data: Encoded, batch_size: int, device: torch.
     return torch.cat(out)
 
 
-def predict(model: BertClassifier, data: Encoded, batch_size: int, device: torch.device, precision: str, rc: Encoded | None = None) -> np.ndarray:
-    """Class probabilities [n, num_labels] (fp32). With `rc` (the same rows reverse-complemented), the
-    logits of the two passes are averaged first (--rc_average)."""
+def predict(model: BertClassifier, data: Encoded, batch_size: int, device: torch.device, precision: str, rc: Encoded | None = None,
+            problem: str = "classification") -> np.ndarray:
+    """The problem's outputs (class probabilities [n, C], values [n, 1] or label probabilities [n, L];
+    fp32). With `rc` (the same rows reverse-complemented), the logits of the two passes are averaged
+    first (--rc_average)."""
     z = logits(model, data, batch_size, device, precision)
     if rc is not None:
         z = (z + logits(model, rc, batch_size, device, precision)) / 2
-    return F.softmax(z, dim=-1).numpy()
+    return problems.outputs(problem, z)
 
 
-def score(model: BertClassifier, data: Encoded, cfg: GUEConfig, device: torch.device, rc: Encoded | None = None) -> tuple[dict[str, float], np.ndarray]:
-    """Scores (x 100) and class probabilities of `model` on one split."""
-    probs = predict(model, data, cfg.eval_batch_size, device, cfg.precision, rc=rc)
-    return scores(data.labels.numpy(), probs.argmax(1)), probs
+def score(model: BertClassifier, data: Encoded, cfg: GUEConfig, device: torch.device, rc: Encoded | None = None,
+          problem: str = "classification") -> tuple[dict[str, float], np.ndarray]:
+    """Scores and outputs of `model` on one split (megadna.eval.problems)."""
+    out = predict(model, data, cfg.eval_batch_size, device, cfg.precision, rc=rc, problem=problem)
+    return problems.scores(problem, data.labels.numpy(), out), out
 
 
 def _optimizer(model: BertClassifier, cfg: GUEConfig, lr: float) -> torch.optim.AdamW:
@@ -135,7 +129,8 @@ def _optimizer(model: BertClassifier, cfg: GUEConfig, lr: float) -> torch.optim.
     return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=lr)
 
 
-def _train_step(model: BertClassifier, opt, sched, data: Encoded, idx: torch.Tensor, cfg: GUEConfig, device: torch.device) -> float:
+def _train_step(model: BertClassifier, opt, sched, data: Encoded, idx: torch.Tensor, cfg: GUEConfig, device: torch.device,
+                problem: str = "classification") -> float:
     """One optimizer step on rows idx, in micro batches; returns the mean loss over those rows."""
     opt.zero_grad(set_to_none=True)
     loss_sum = 0.0
@@ -144,7 +139,7 @@ def _train_step(model: BertClassifier, opt, sched, data: Encoded, idx: torch.Ten
         with autocast(device, cfg.precision):
             logits = model(ids, mask)
         # Sum over the micro batch / sequences in the step: the mean over the step, however it is split.
-        loss = F.cross_entropy(logits.float(), labels, reduction="sum") / len(idx)
+        loss = problems.loss_sum(problem, logits.float(), labels, model.output_scale) / len(idx)
         loss.backward()
         loss_sum += float(loss.detach())
     torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
@@ -175,7 +170,7 @@ def _data_head(model: BertClassifier, data: dict[str, Encoded], num_labels: int,
     bias = np.full(num_labels, -30.0)  # a class absent from train starts improbable
     weight[lr_model.classes_], bias[lr_model.classes_] = coef, intercept
     model.set_linear_head(as_tensor(weight), as_tensor(bias))
-    log.info("head from the probe: C %g, dev MCC %.2f", fit["C"], fit["best_dev_mcc"])
+    log.info("head from the probe: C %g, dev MCC %.2f", fit["C"], fit["best_dev"])
 
 
 def _freeze_encoder(model: BertClassifier, frozen: bool) -> None:
@@ -195,15 +190,23 @@ def _order(seed: int, epoch: int, n: int) -> torch.Tensor:
 
 
 def finetune(backbone: Backbone, data: dict[str, Encoded], num_labels: int, recipe: Recipe, cfg: GUEConfig,
-             seed: int, device: torch.device, desc: str, lr: float | None = None, rc_data: dict[str, Encoded] | None = None) -> dict:
+             seed: int, device: torch.device, desc: str, lr: float | None = None, rc_data: dict[str, Encoded] | None = None,
+             problem: str = "classification") -> dict:
     """Fine-tune on data["train"] at `lr` (default: the first of cfg's), scoring data["dev"] along the way;
-    returns the model holding its best dev-MCC state (under "model") and the run's figures. Test is
-    not touched here: the caller scores the state it selects, once."""
+    returns the model holding its best dev state (under "model"; best by the problem's primary metric,
+    "metric", e.g. MCC) and the run's figures. Test is not touched here: the caller scores the state
+    it selects, once."""
     lr = cfg.lr_list()[0] if lr is None else lr
     from transformers import get_linear_schedule_with_warmup
 
+    metric = problems.PRIMARY[problem]
     model = backbone.classifier(num_labels, seed, cfg.head_pooling).to(device).train()
+    if problem == "regression":  # the head answers in the labels' units; the loss is in their standard deviations
+        y = data["train"].labels.double()
+        model.set_output_stats(y.mean().float().reshape(1), y.std().clamp(min=1e-12).float().reshape(1))
     if cfg.head_init != "random":
+        if cfg.head_init == "probe" and problem != "classification":
+            raise InputError(f"{desc}: --head_init probe fits a logistic regression, for classification only; use standardize")
         _data_head(model, data, num_labels, cfg, seed, device)
     opt = _optimizer(model, cfg, lr)
     n_train = len(data["train"].labels)
@@ -213,40 +216,44 @@ def finetune(backbone: Backbone, data: dict[str, Encoded], num_labels: int, reci
         raise InputError(f"{desc}: nothing to train (epochs {recipe.epochs}, max_steps {recipe.max_steps})")
     sched = get_linear_schedule_with_warmup(opt, num_warmup_steps=min(recipe.warmup_steps, total), num_training_steps=total)
 
-    best = {"dev_mcc": -math.inf, "step": 0, "state": None}
+    best = {"dev": -math.inf, "step": 0, "state": None}
     history = []
     bar = _progress(cfg, total, desc)
     step, epoch, perm, pos = 0, 0, _order(seed, 0, n_train), 0
     t0 = time.perf_counter()
+
+    def evaluate(train_loss: float | None) -> None:
+        nonlocal best
+        dev, _ = score(model, data["dev"], cfg, device, rc=rc_data and rc_data["dev"], problem=problem)
+        history.append({"step": step, "epoch": epoch, "train_loss": train_loss, **{f"dev_{k}": v for k, v in dev.items()}})
+        if dev[metric] > best["dev"]:
+            best = {"dev": dev[metric], "step": step, "state": {k: v.detach().clone() for k, v in model.state_dict().items()}}
+        log.info("%s step %d/%d: train loss %s, dev %s %.2f (best %.2f at step %d)", desc, step, total,
+                 "-" if train_loss is None else f"{train_loss:.4f}", metric, dev[metric], best["dev"], best["step"])
+
     if cfg.head_init == "probe":  # the probe's own state is a candidate too: LP-FT never ends below it on dev
-        dev, _ = score(model, data["dev"], cfg, device, rc=rc_data and rc_data["dev"])
-        history.append({"step": 0, "epoch": 0, "train_loss": None, **{f"dev_{k}": v for k, v in dev.items()}})
-        best = {"dev_mcc": dev["mcc"], "step": 0, "state": {k: v.detach().clone() for k, v in model.state_dict().items()}}
+        evaluate(None)
     _freeze_encoder(model, cfg.freeze_encoder_steps > 0)
     while step < total:
         if step == cfg.freeze_encoder_steps and step > 0:
             _freeze_encoder(model, False)
         idx = perm[pos:pos + cfg.batch_size]
         pos += cfg.batch_size
-        loss_sum = _train_step(model, opt, sched, data["train"], idx, cfg, device)
+        loss_sum = _train_step(model, opt, sched, data["train"], idx, cfg, device, problem)
         step += 1
         end_of_epoch = pos >= n_train
         if bar is not None:
             bar.update(1)
-            bar.set_postfix(loss=f"{loss_sum:.4f}", best_dev_mcc=f"{best['dev_mcc']:.1f}" if best["state"] else "-")
+            bar.set_postfix(loss=f"{loss_sum:.4f}", best_dev=f"{best['dev']:.1f}" if best["state"] else "-")
         if _evaluates(recipe, step, total, end_of_epoch):
-            dev, _ = score(model, data["dev"], cfg, device, rc=rc_data and rc_data["dev"])
-            history.append({"step": step, "epoch": epoch, "train_loss": loss_sum, **{f"dev_{k}": v for k, v in dev.items()}})
-            if dev["mcc"] > best["dev_mcc"]:
-                best = {"dev_mcc": dev["mcc"], "step": step, "state": {k: v.detach().clone() for k, v in model.state_dict().items()}}
-            log.info("%s step %d/%d: train loss %.4f, dev MCC %.2f (best %.2f at step %d)", desc, step, total, loss_sum, dev["mcc"], best["dev_mcc"], best["step"])
+            evaluate(loss_sum)
         if end_of_epoch:
             epoch += 1
             perm, pos = _order(seed, epoch, n_train), 0
     if bar is not None:
         bar.close()
     model.load_state_dict(best["state"])
-    return {"model": model, "lr": lr, "best_dev_mcc": best["dev_mcc"], "best_step": best["step"], "steps": total,
+    return {"model": model, "lr": lr, "metric": metric, "best_dev": best["dev"], "best_step": best["step"], "steps": total,
             "epochs_run": round(total / steps_per_epoch, 3), "history": history, "train_seconds": time.perf_counter() - t0}
 
 

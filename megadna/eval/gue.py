@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from megadna.errors import InputError
+from megadna.eval import problems
 from megadna.eval.config import GUEConfig, key_defaults
 from megadna.eval.data import SPLITS, Split, select_datasets
 from megadna.eval.finetune import Backbone, finetune, load_backbone, resolve_device, score
@@ -53,13 +54,26 @@ def run_name(name: str, seed: int | str, train_size: int = 0) -> str:
     return f"{task}__{dataset}{size}__seed{seed}"
 
 
-def write_predictions(path: Path, split: Split, probs: np.ndarray) -> None:
-    """index (row of the sequence in test.csv, 0 = first data row), label, prediction, prob_<class>..."""
+def write_predictions(path: Path, split: Split, out: np.ndarray) -> None:
+    """index (row of the sequence in test.csv, 0 = first data row), then by problem: classification
+    label, prediction, prob_<class>...; regression label, prediction; multilabel label_<name>...,
+    pred_<name>..., prob_<name>..."""
     buf = io.StringIO(newline="")
     w = csv.writer(buf)
-    w.writerow(["index", "label", "prediction"] + [f"prob_{c}" for c in range(probs.shape[1])])
-    for i, label, p in zip(split.index.tolist(), split.labels.tolist(), probs):
-        w.writerow([i, label, int(p.argmax())] + [f"{x:.6g}" for x in p.tolist()])
+    pred = problems.predictions(split.problem, out)
+    if split.problem == "classification":
+        w.writerow(["index", "label", "prediction"] + [f"prob_{c}" for c in range(out.shape[1])])
+        for i, label, p, o in zip(split.index.tolist(), split.labels.tolist(), pred.tolist(), out):
+            w.writerow([i, label, p] + [f"{x:.6g}" for x in o.tolist()])
+    elif split.problem == "regression":
+        w.writerow(["index", "label", "prediction"])
+        for i, label, p in zip(split.index.tolist(), split.labels.tolist(), pred.tolist()):
+            w.writerow([i, f"{label:.9g}", f"{p:.9g}"])
+    else:
+        names = split.label_names
+        w.writerow(["index"] + [f"label_{n}" for n in names] + [f"pred_{n}" for n in names] + [f"prob_{n}" for n in names])
+        for i, label, p, o in zip(split.index.tolist(), split.labels.astype(int).tolist(), pred.tolist(), out):
+            w.writerow([i, *label, *p] + [f"{x:.6g}" for x in o.tolist()])
     write_text(path, buf.getvalue())
 
 
@@ -164,56 +178,63 @@ def _run_dataset(name: str, seeds: list[int], cfg: GUEConfig, backbone: Backbone
             result = _finetune_unit(task, unit, cfg, backbone, seed, device, desc)
         model = result.pop("model", None)
         write_predictions(out / "predictions" / f"{rn}.csv", task.splits["test"], result.pop("probs"))
-        record = {"dataset": name, "seed": seed, "train_size": size, "mode": cfg.mode, **result, "recipe": dataclasses.asdict(task.recipe),
+        if result["metric"] == "mcc":
+            result["best_dev_mcc"] = result["best_dev"]  # the name records had before other metrics existed
+        record = {"dataset": name, "seed": seed, "train_size": size, "mode": cfg.mode, "problem": task.problem, **result,
+                  "recipe": dataclasses.asdict(task.recipe),
                   "max_tokens": task.max_tokens, "truncated": task.truncated, "num_labels": task.num_labels,
                   "sizes": {"train": len(unit), "dev": len(task.splits["dev"]), "test": len(task.splits["test"])},
                   "run_key": {**run_key, "train_size": size}}
         if model is not None and cfg.save_models != "none":
             _save_model(model, backbone, task, record, out, run_name(name, "best", size) if cfg.save_models == "best" else rn)
         write_json(out / "runs" / f"{rn}.json", record)  # last: marks it finished
-        log.info("%s: test MCC %.2f, F1 %.2f, accuracy %.2f (best dev MCC %.2f; chosen %s)", desc,
-                 result["test"]["mcc"], result["test"]["f1"], result["test"]["accuracy"], result["best_dev_mcc"], result["selected"])
+        shown = ", ".join(f"{problems.METRIC_NAMES[m]} {result['test'][m]:.2f}" for m in problems.METRICS[task.problem])
+        log.info("%s: test %s (best dev %s %.2f; chosen %s)", desc, shown, result["metric"], result["best_dev"], result["selected"])
         records.append(record)
     return records
 
 
 def _finetune_unit(task: Task, rows: np.ndarray, cfg: GUEConfig, backbone: Backbone, seed: int, device: torch.device, desc: str) -> dict:
-    """Fine-tune once per learning rate of the sweep; the best dev MCC wins (ties: the earlier lr);
-    only the winner is scored on test."""
+    """Fine-tune once per learning rate of the sweep; the best dev score (the problem's primary metric)
+    wins (ties: the earlier lr); only the winner is scored on test."""
     data = {"train": task.train_rows(rows), "dev": task.encoded["dev"]}
     best, sweep = None, {}
     for lr in cfg.lr_list():
         # `finetune` is looked up here at call time, so tests can replace megadna.eval.gue.finetune.
         result = finetune(backbone, data, task.num_labels, task.recipe, cfg, seed, device, desc=f"{desc} lr {lr:g}", lr=lr,
-                          rc_data=task.rc_encoded and {"dev": task.rc_encoded["dev"]})
-        sweep[f"{lr:g}"] = result["best_dev_mcc"]
-        if best is None or result["best_dev_mcc"] > best["best_dev_mcc"]:
+                          rc_data=task.rc_encoded and {"dev": task.rc_encoded["dev"]}, problem=task.problem)
+        sweep[f"{lr:g}"] = result["best_dev"]
+        if best is None or result["best_dev"] > best["best_dev"]:
             best = {**result, "selected": {"lr": lr}}
     model = best["model"]
-    best["test"], best["probs"] = score(model, task.encoded["test"], cfg, device, rc=task.rc_encoded and task.rc_encoded["test"])
+    best["test"], best["probs"] = score(model, task.encoded["test"], cfg, device, rc=task.rc_encoded and task.rc_encoded["test"], problem=task.problem)
     best["dev_by_lr"] = sweep
     return best
 
 
 def _save_model(model, backbone: Backbone, task: Task, record: dict, out: Path, stem: str) -> None:
-    """The unit's fine-tuned classifier into out/models/<stem> (--save_models best: only if its dev MCC
+    """The unit's fine-tuned model into out/models/<stem> (--save_models best: only if its dev score
     beats the seed saved there before)."""
     from megadna.model.classifier_export import CLASSIFIER_META, save_classifier
 
     target = out / "models" / stem
     if stem.endswith("__seedbest"):
         kept = read_json_or_none(target / CLASSIFIER_META) or {}
-        if kept.get("best_dev_mcc", -np.inf) >= record["best_dev_mcc"]:
+        if kept.get("best_dev", -np.inf) >= record["best_dev"]:
             return
-    meta = {k: record[k] for k in ("dataset", "seed", "train_size", "test", "best_dev_mcc", "best_step", "selected", "recipe", "max_tokens")}
+    meta = {k: record[k] for k in ("dataset", "seed", "train_size", "test", "metric", "best_dev", "best_step", "selected", "recipe", "max_tokens")}
     meta |= {"base_model": record["run_key"]["model"], "head_init": record["run_key"].get("head_init", "random")}
     record["saved_model"] = str(target)
-    save_classifier(model, backbone.tokenizer, target, meta)
+    labels = list(task.splits["train"].label_names) if task.problem == "multilabel" else None
+    save_classifier(model, backbone.tokenizer, target, meta, problem=task.problem, labels=labels)
 
 
 def _probe_unit(task: Task, rows: np.ndarray, cfg: GUEConfig, backbone: Backbone, seed: int, device: torch.device,
                 out: Path, run_key: dict) -> dict:
     """Frozen features (cached) of the encoder -> logistic regression, C chosen on dev."""
+    if task.problem != "classification":
+        raise InputError(f"{task.name}: a {task.problem} dataset; --mode probe fits a logistic regression, for classification "
+                         "datasets only (use --mode finetune)")
     # A pre-trained encoder is the same for every seed; a random one is drawn per seed.
     bert = backbone.bert if backbone.bert is not None else backbone.classifier(task.num_labels, seed).bert
     model_key = {**run_key["model"], "random_seed": None if backbone.bert is not None else seed}

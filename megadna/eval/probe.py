@@ -26,7 +26,8 @@ import torch
 
 from megadna.errors import InputError
 from megadna.eval.data import Encoded
-from megadna.eval.finetune import autocast, batch_rows, scores
+from megadna.eval.finetune import autocast, batch_rows
+from megadna.eval.problems import class_scores as scores
 from megadna.jsonfile import read_json_or_none, write_json
 from megadna.model import Bert
 from megadna.model.heads import POOLINGS, pool
@@ -144,7 +145,7 @@ def _proba(model, x: np.ndarray, num_labels: int) -> np.ndarray:
 def fit_linear(feats: dict[str, np.ndarray], labels: dict[str, np.ndarray], Cs: list[float], seed: int,
                num_labels: int, rc_feats: dict[str, np.ndarray] | None = None) -> dict:
     """Standardised logistic regression on "train", C chosen by dev MCC (ties: the smaller C). Reads
-    train and dev only. Returns {"scaler", "model", "C", "best_dev_mcc", "dev_by_C", "probs": fn(split)}."""
+    train and dev only. Returns {"scaler", "model", "C", "best_dev" (dev MCC), "dev_by_C", "probs": fn(split)}."""
     from sklearn.preprocessing import StandardScaler
 
     cs = list(dict.fromkeys(float(c) for c in Cs))
@@ -167,8 +168,8 @@ def fit_linear(feats: dict[str, np.ndarray], labels: dict[str, np.ndarray], Cs: 
         model = _fit(x_train, y_train, c, seed)
         mcc = scores(y_dev, probs(model, "dev").argmax(1))["mcc"]
         dev_by_C[str(c)] = mcc
-        if best is None or mcc > best["best_dev_mcc"] or (mcc == best["best_dev_mcc"] and c < best["C"]):
-            best = {"best_dev_mcc": mcc, "C": c, "model": model}
+        if best is None or mcc > best["best_dev"] or (mcc == best["best_dev"] and c < best["C"]):
+            best = {"best_dev": mcc, "C": c, "model": model}
     return {**best, "scaler": scaler, "dev_by_C": dev_by_C, "probs": lambda split: probs(best["model"], split)}
 
 
@@ -178,7 +179,7 @@ def fit_probe(feats: dict[str, np.ndarray], labels: dict[str, np.ndarray], Cs: l
     reverse-complemented sequences' features), class probabilities are the mean of the two passes, on
     dev and test alike.
 
-    Returns {"test": scores (x 100), "best_dev_mcc", "selected": {"C"}, "dev_by_C": {str(C): dev MCC},
+    Returns {"test": scores (x 100), "metric": "mcc", "best_dev", "selected": {"C"}, "dev_by_C": {str(C): dev MCC},
     "probs": test probabilities [n, num_labels] float32} (num_labels: default the largest train/dev label + 1, >= 2).
     """
     y_train, y_dev = np.asarray(labels["train"]), np.asarray(labels["dev"])
@@ -186,5 +187,5 @@ def fit_probe(feats: dict[str, np.ndarray], labels: dict[str, np.ndarray], Cs: l
     fit = fit_linear(feats, labels, Cs, seed, k, rc_feats=rc_feats)
     # Only now is test read: features and labels, once, for the chosen model.
     test_probs = fit["probs"]("test")
-    return {"test": scores(np.asarray(labels["test"]), test_probs.argmax(1)), "best_dev_mcc": fit["best_dev_mcc"],
+    return {"test": scores(np.asarray(labels["test"]), test_probs.argmax(1)), "metric": "mcc", "best_dev": fit["best_dev"],
             "selected": {"C": fit["C"]}, "dev_by_C": fit["dev_by_C"], "probs": test_probs.astype(np.float32)}

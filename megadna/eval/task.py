@@ -12,6 +12,7 @@ each low-data subset.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -39,8 +40,9 @@ class Task:
     rc_encoded: dict[str, Encoded] | None  # None unless --rc_average
     max_tokens: int
     truncated: dict
-    num_labels: int
+    num_labels: int  # outputs of the head: classes, 1 (regression) or labels (multilabel)
     recipe: Recipe
+    problem: str = "classification"  # megadna.eval.problems
 
     def unit(self, train_size: int, subsample_seed: int) -> np.ndarray:
         """The train rows of one low-data point (0: all), nested across sizes."""
@@ -71,14 +73,14 @@ def prepare_task(name: str, cfg: GUEConfig, tokenizer: DNATokenizer, max_positio
     encoded = {s: encode_split(tokenizer, sp, max_tokens) for s, sp in splits.items()}
     rc_encoded = None
     if cfg.rc_average:
-        rc_encoded = {s: encode_split(tokenizer, Split([reverse_complement(q) for q in sp.sequences], sp.labels, sp.index), max_tokens)
+        rc_encoded = {s: encode_split(tokenizer, dataclasses.replace(sp, sequences=[reverse_complement(q) for q in sp.sequences]), max_tokens)
                       for s, sp in splits.items()}
     if vocab_size is not None and tokenizer.vocab_size > vocab_size:
         for enc in filter(None, (encoded, rc_encoded)):
             _clamp_unknown(enc, vocab_size, name)
     # Classes come from the whole train.csv (load_dataset checked them), whatever subset a unit trains on.
     num_labels = splits["train"].num_classes
-    return Task(name, splits, encoded, rc_encoded, max_tokens, truncated, num_labels, cfg.resolved_recipe(name))
+    return Task(name, splits, encoded, rc_encoded, max_tokens, truncated, num_labels, cfg.resolved_recipe(name), splits["train"].problem)
 
 
 def swap_tokenizer(model_tokenizer: DNATokenizer, spec: str) -> DNATokenizer:

@@ -10,7 +10,7 @@ to a hidden sibling, verified and renamed into place, as exports are (megadna.mo
 
 The head is stored in HF's shape. A head that standardises its pooled vector (--head_init
 standardize | probe) is folded into the pooler's weights first: W((x - m) / s) + b = (W / s) x +
-(b - W (m / s)). With [CLS] pooling the directory is then an ordinary BertForSequenceClassification:
+(b - W (m / s)); a regression head's output scale and shift into the classifier's. With [CLS] pooling the directory is then an ordinary BertForSequenceClassification:
 `AutoModelForSequenceClassification.from_pretrained(dir)` gives the same logits (checked at save).
 With mean pooling (--head_pooling mean) it is not: transformers' class always pools [CLS], so only
 megadna (`load_classifier`, `megadna predict`) reproduces the model; the card and the JSON say so.
@@ -46,8 +46,9 @@ def to_hf_state(model: BertClassifier) -> dict[str, torch.Tensor]:
     mean, std = model.feature_mean.float().cpu(), model.feature_std.float().cpu()
     bert["bert.pooler.dense.weight"] = w / std
     bert["bert.pooler.dense.bias"] = b - (w / std) @ mean
-    bert["classifier.weight"] = model.classifier.weight.detach().float().cpu()
-    bert["classifier.bias"] = model.classifier.bias.detach().float().cpu()
+    scale, shift = model.output_scale.float().cpu(), model.output_shift.float().cpu()
+    bert["classifier.weight"] = model.classifier.weight.detach().float().cpu() * scale[:, None]
+    bert["classifier.bias"] = model.classifier.bias.detach().float().cpu() * scale + shift
     return {k: v.contiguous() for k, v in bert.items()}
 
 
@@ -107,7 +108,8 @@ def load_classifier(path, device="cpu") -> tuple[BertClassifier, DNATokenizer, d
     state = _read_safetensors(d / "model.safetensors")
     # HF's keys are ours but for the pooler's ("bert.pooler.dense.*"); the standardisation was folded in.
     mapped = {k.replace("bert.pooler.dense.", "pooler."): v for k, v in state.items()}
-    mapped |= {"feature_mean": torch.zeros(cfg.hidden_size), "feature_std": torch.ones(cfg.hidden_size)}
+    mapped |= {"feature_mean": torch.zeros(cfg.hidden_size), "feature_std": torch.ones(cfg.hidden_size),
+               "output_scale": torch.ones(num_labels), "output_shift": torch.zeros(num_labels)}
     try:
         model.load_state_dict(mapped, strict=True)
     except RuntimeError as e:
@@ -141,7 +143,7 @@ def _verify(directory: Path, model: BertClassifier, tokenizer: DNATokenizer, ato
 def _card(model: BertClassifier, tokenizer: DNATokenizer, meta: dict) -> str:
     c = model.config
     test = meta.get("test") or {}
-    scores = ", ".join(f"{k} {v:.2f}" for k, v in test.items()) or "n/a"
+    scores = ", ".join(f"{k} {v:.2f}" for k, v in test.items() if isinstance(v, float)) or "n/a"
     if model.pooling == "cls":
         loading = ("An ordinary `BertForSequenceClassification`: `AutoModelForSequenceClassification.from_pretrained(dir)` "
                    "and `AutoTokenizer.from_pretrained(dir)` load it without custom code (logits checked at save).")
@@ -157,7 +159,7 @@ by `megadna gue`. Task: {meta.get('problem', 'classification')}, {model.classifi
 | | |
 | --- | --- |
 | test scores (x 100) | {scores} |
-| dev MCC of the kept state | {meta.get('best_dev_mcc', float('nan')):.2f} (step {meta.get('best_step', '?')}) |
+| dev {meta.get('metric', 'mcc')} of the kept state | {meta.get('best_dev', float('nan')):.2f} (step {meta.get('best_step', '?')}) |
 | recipe | {meta.get('recipe', {})}, chosen {meta.get('selected', {})} |
 | head | pooling {model.pooling}, init {meta.get('head_init', 'random')} |
 | shape | {c.num_layers} layers, hidden {c.hidden_size}, {c.max_position_embeddings} positions; tokenizer {tokenizer.name} |

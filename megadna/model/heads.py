@@ -49,6 +49,10 @@ class BertClassifier(nn.Module):
         # Identity unless set from data (set_feature_stats).
         self.register_buffer("feature_mean", torch.zeros(config.hidden_size))
         self.register_buffer("feature_std", torch.ones(config.hidden_size))
+        # Outputs are classifier(...) * output_scale + output_shift: identity, except for regression,
+        # where they are the train labels' std and mean (set_output_stats), so the head answers in label units.
+        self.register_buffer("output_scale", torch.ones(num_labels))
+        self.register_buffer("output_shift", torch.zeros(num_labels))
         for layer in (self.pooler, self.classifier):  # HF's init
             nn.init.normal_(layer.weight, std=config.initializer_range)
             nn.init.zeros_(layer.bias)
@@ -62,6 +66,11 @@ class BertClassifier(nn.Module):
         then mostly move that common part. Standardised, every direction counts the same."""
         self.feature_mean.copy_(mean)
         self.feature_std.copy_(std.clamp(min=1e-6))
+
+    @torch.no_grad()
+    def set_output_stats(self, shift: torch.Tensor, scale: torch.Tensor) -> None:
+        self.output_shift.copy_(shift)
+        self.output_scale.copy_(scale)
 
     @torch.no_grad()
     def set_linear_head(self, weight: torch.Tensor, bias: torch.Tensor, scale: float = 0.5) -> None:
@@ -78,4 +87,4 @@ class BertClassifier(nn.Module):
         """[B, L] ids and mask -> [B, num_labels] logits."""
         pooled = pool(self.bert(input_ids, attention_mask), attention_mask, self.pooling)
         pooled = ((pooled - self.feature_mean) / self.feature_std).to(self.pooler.weight.dtype)
-        return self.classifier(self.dropout(torch.tanh(self.pooler(pooled))))
+        return self.classifier(self.dropout(torch.tanh(self.pooler(pooled)))) * self.output_scale + self.output_shift
