@@ -26,6 +26,8 @@ SUBCOMMANDS = {
     "learn-overlap": ("learn_overlap", "a small in-process MLM run: does a model learn the k-mer overlap (seconds on a CPU)?"),
     "plot-masking": ("plot_masking", "plot the masking curriculum (boundary, mask ratio) over a run"),
     "check-hostfile": ("check_hostfile", "check a DeepSpeed hostfile and the nodes it names"),
+    "embed": ("embed", "sequences (FASTA or CSV) -> one embedding vector each (.npy + index .csv); long ones tiled"),
+    "score-variants": ("score_variants", "SNVs (CSV, + --fasta) -> masked-LM log-likelihood ratio log P(alt) - log P(ref)"),
 }
 
 
