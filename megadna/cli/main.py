@@ -27,6 +27,7 @@ SUBCOMMANDS = {
     "plot-masking": ("plot_masking", "plot the masking curriculum (boundary, mask ratio) over a run"),
     "check-hostfile": ("check_hostfile", "check a DeepSpeed hostfile and the nodes it names"),
     "embed": ("embed", "sequences (FASTA or CSV) -> one embedding vector each (.npy + index .csv); long ones tiled"),
+    "predict": ("predict", "a fine-tuned model saved by `megadna gue` -> predictions for sequences (FASTA or CSV)"),
     "score-variants": ("score_variants", "SNVs (CSV, + --fasta) -> masked-LM log-likelihood ratio log P(alt) - log P(ref)"),
 }
 

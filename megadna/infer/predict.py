@@ -1,0 +1,128 @@
+"""Predictions of a fine-tuned model (`megadna predict`): a classifier or regressor saved by
+`megadna gue` (output_dir/models/...), run on a FASTA or CSV.
+
+    megadna predict --model runs/gue/models/tf__0__seed42 --input seqs.fa --out preds.csv
+
+Output CSV, one row per input sequence in input order: row, id, length_bp, n_windows, then by the
+model's problem: classification `prediction` (the class name) and `prob_<class>` per class;
+regression `prediction`; multilabel `pred_<label>` (0/1, at p >= 0.5) and `prob_<label>` per label.
+
+Sequences go through the model's own tokenizer exactly as in `megadna gue` (upper case, IUPAC codes
+as N). A sequence longer than the model is tiled into windows as `megadna embed` tiles it
+(megadna.infer.embed.window_starts); the head's outputs (logits, or values for regression) are
+averaged over the windows, weighted by each window's tokens, before softmax/sigmoid. The harness
+itself truncated such sequences at fine-tuning (docs/GUE.md): a model fine-tuned on short sequences
+has not seen tiles of long ones, so treat such predictions with care (n_windows says which rows).
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from megadna.errors import InputError
+from megadna.eval import problems
+from megadna.eval.finetune import autocast, resolve_device
+from megadna.infer.embed import DEFAULT_OVERLAP, overlap_tokens, window_starts
+from megadna.infer.inputs import PRECISIONS, Outputs, length_sorted_batches, model_inputs, progress_bar, read_sequences
+from megadna.model.heads import BertClassifier
+from megadna.tokenizers import DNATokenizer
+
+log = logging.getLogger(__name__)
+PROBLEM_OF_HF = {"single_label_classification": "classification", "regression": "regression", "multi_label_classification": "multilabel"}
+
+
+@dataclass
+class PredictConfig:
+    input: str = field(default="", metadata={"help": "FASTA (plain or gzipped), or a CSV (name ends in .csv) with a 'sequence' column and optionally 'id' or 'name'"})
+    model: str = field(default="", metadata={"help": "a fine-tuned model directory saved by megadna gue (output_dir/models/<dataset>__seed<k>)"})
+    out: str = field(default="", metadata={"help": "output CSV: row, id, length_bp, n_windows, then prediction(s) and probabilities"})
+    batch_size: int = field(default=32, metadata={"help": "model inputs (windows) per forward pass"})
+    window_overlap_bp: int = field(default=DEFAULT_OVERLAP, metadata={"help": "bp shared by consecutive windows of a sequence longer than the model; -1: a quarter of the window"})
+    device: str = field(default="auto", metadata={"help": "auto (CUDA when available) | cpu | cuda | cuda:N"})
+    precision: str = field(default="auto", metadata={"help": "auto (bf16 on a GPU with bf16, else fp32) | fp32 | bf16"})
+    overwrite: bool = field(default=False, metadata={"help": "replace --out if it exists"})
+    progress: bool = field(default=True, metadata={"help": "tqdm progress bar on stderr"})
+
+    def __post_init__(self):
+        if self.precision not in PRECISIONS:
+            raise InputError(f"--precision {self.precision!r}: choose one of {', '.join(PRECISIONS)}")
+        if self.batch_size < 1:
+            raise InputError(f"--batch_size must be at least 1, got {self.batch_size}")
+        if self.window_overlap_bp < DEFAULT_OVERLAP:
+            raise InputError(f"--window_overlap_bp must be >= 0 (or -1 for a quarter of the window), got {self.window_overlap_bp}")
+
+
+@torch.no_grad()
+def head_outputs(model: BertClassifier, tokenizer: DNATokenizer, seqs: list[str], places: list[str], batch_size: int, overlap_bp: int,
+                 device, precision: str, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(head outputs [n, num_labels] fp32 averaged over each sequence's windows, windows per sequence)."""
+    max_tokens = model.config.max_position_embeddings - 2
+    rows, n_windows = [], np.zeros(len(seqs), dtype=np.int64)
+    for i, seq in enumerate(seqs):
+        ids = tokenizer.encode(seq)
+        if ids.size == 0:
+            raise InputError(f"{places[i]}: {len(seq)} bp gives no token with {tokenizer.name}; the sequence is too short")
+        starts = window_starts(ids.size, max_tokens, overlap_tokens(tokenizer, overlap_bp, max_tokens, len(seq), ids.size))
+        rows.extend(ids[a : a + max_tokens] for a in starts)
+        n_windows[i] = starts.size
+    lengths = np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))
+    z = np.empty((len(rows), model.classifier.out_features), dtype=np.float32)
+    with progress_bar(len(rows), "predict", "window", progress) as bar:
+        for idx in length_sorted_batches(lengths, batch_size):
+            ids, mask = model_inputs([rows[j] for j in idx], device)
+            with autocast(device, precision):
+                z[idx] = model(ids, mask).float().cpu().numpy()
+            bar.update(len(idx))
+    first = np.cumsum(n_windows) - n_windows
+    out = z[first]
+    for i in np.flatnonzero(n_windows > 1):
+        r = slice(first[i], first[i] + n_windows[i])
+        out[i] = np.average(z[r], axis=0, weights=lengths[r])
+    return out, n_windows
+
+
+def run_predict(cfg: PredictConfig) -> dict:
+    """Predict cfg.input with cfg.model; write cfg.out (renamed into place at the end). Returns a summary."""
+    from megadna.jsonfile import read_json
+    from megadna.model.classifier_export import load_classifier
+
+    for name in ("input", "model", "out"):
+        if not getattr(cfg, name):
+            raise InputError(f"--{name} is required")
+    outputs = Outputs([cfg.out], cfg.overwrite, inputs=[cfg.input])  # refuse before any work
+    records = read_sequences(cfg.input)
+    device = resolve_device(cfg.device)
+    model, tokenizer, meta = load_classifier(cfg.model, device)
+    hf = read_json(f"{cfg.model}/config.json", "model config")
+    problem = meta.get("problem") or PROBLEM_OF_HF.get(hf.get("problem_type"), "classification")
+    names = [hf.get("id2label", {}).get(str(i), str(i)) for i in range(model.classifier.out_features)]
+    start = time.perf_counter()
+    z, n_windows = head_outputs(model, tokenizer, [r.seq for r in records], [r.place for r in records], cfg.batch_size,
+                                cfg.window_overlap_bp, device, cfg.precision, cfg.progress)
+    out = problems.outputs(problem, torch.from_numpy(z))
+    pred = problems.predictions(problem, out)
+    seconds = time.perf_counter() - start
+    with outputs:
+        with open(outputs.tmp(cfg.out), "w", newline="") as f:
+            w = csv.writer(f)
+            if problem == "classification":
+                w.writerow(["row", "id", "length_bp", "n_windows", "prediction"] + [f"prob_{n}" for n in names])
+                body = ([names[p]] + [f"{x:.6g}" for x in o] for p, o in zip(pred.tolist(), out.tolist()))
+            elif problem == "regression":
+                w.writerow(["row", "id", "length_bp", "n_windows", "prediction"])
+                body = ([f"{p:.9g}"] for p in pred.tolist())
+            else:
+                w.writerow(["row", "id", "length_bp", "n_windows"] + [f"pred_{n}" for n in names] + [f"prob_{n}" for n in names])
+                body = (list(p) + [f"{x:.6g}" for x in o] for p, o in zip(pred.tolist(), out.tolist()))
+            for i, (r, n, cells) in enumerate(zip(records, n_windows, body)):
+                w.writerow([i, r.id, len(r.seq), int(n), *cells])
+        outputs.commit()
+    log.info("%d sequences predicted in %.1f s (%d tiled)", len(records), seconds, int((n_windows > 1).sum()))
+    return {"out": cfg.out, "sequences": len(records), "problem": problem, "tiled": int((n_windows > 1).sum()),
+            "seconds": round(seconds, 3)}
