@@ -49,7 +49,7 @@ def recipe_for(name: str) -> Recipe:
 @dataclass
 class GUEConfig:
     gue_dir: str = field(default="", metadata={"help": "folder holding <task>/<dataset>/{train,dev,test}.csv (the GUE folder)"})
-    model: str = field(default="", metadata={"help": "--init pretrained: a checkpoint dir, a run's save_dir or an export; --init random: a preset (" + ", ".join(PRESETS) + ") or a JSON model config with --tokenizer, or a model path (its shape and tokenizer, new random weights)"})
+    model: str = field(default="", metadata={"help": "--init pretrained: a checkpoint dir, a run's save_dir, an export, or any local Hugging Face encoder directory (AutoModel + AutoTokenizer, no remote code); --init random: a preset (" + ", ".join(PRESETS) + ") or a JSON model config with --tokenizer, or a model path (its shape and tokenizer, new random weights)"})
     init: str = field(default="pretrained", metadata={"help": "pretrained | random (the control: same architecture, no pre-training)"})
     tokenizer: str = field(default="", metadata={"help": "--init random with a preset only: kmer6, nkmer6, base or a BPE directory (a model path brings its own)"})
     finetune_tokenizer: str = field(default="", metadata={"help": "tokenize the GUE sequences with this tokenizer instead of the model's own (e.g. kmer6 for an nkmer6 model); the vocabularies must be identical"})

@@ -15,6 +15,7 @@ import logging
 import math
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,19 +36,25 @@ log = logging.getLogger(__name__)
 class Backbone:
     """What every (dataset, seed) starts from: a pretrained encoder, or the recipe for a random one."""
 
-    config: ModelConfig
+    config: ModelConfig  # or, for a foreign Hugging Face encoder, its EncoderShape (megadna.eval.hf_encoder)
     tokenizer: DNATokenizer
     info: dict
     bert: Bert | None  # None: random init, drawn per seed
+    random_like: Callable | None = None  # a foreign encoder's random control: same architecture, new weights
 
     def classifier(self, num_labels: int, seed: int, pooling: str = "cls") -> BertClassifier:
         torch.manual_seed(seed)
-        bert = copy.deepcopy(self.bert) if self.bert is not None else BertForMLM(self.config).bert
+        if self.bert is not None:
+            bert = copy.deepcopy(self.bert)
+        else:
+            bert = self.random_like() if self.random_like is not None else BertForMLM(self.config).bert
         return BertClassifier(bert, self.config, num_labels, pooling)
 
 
 def load_backbone(cfg: GUEConfig) -> Backbone:
-    """cfg.model: a preset or JSON model config with cfg.tokenizer (--init random), else a checkpoint, run or export."""
+    """cfg.model: a preset or JSON model config with cfg.tokenizer (--init random), a megadna
+    checkpoint, run or export, or any local Hugging Face encoder directory (megadna.eval.hf_encoder)."""
+    from megadna.eval.hf_encoder import is_hf_model_dir, load_hf_encoder, random_like
     from megadna.model import is_shape_spec
     from megadna.model.pretrained import load_pretrained
 
@@ -56,6 +63,12 @@ def load_backbone(cfg: GUEConfig) -> Backbone:
         mcfg = model_config(cfg.model, vocab_size=tokenizer.vocab_size)
         info = {"kind": "random", "preset": cfg.model, "model": mcfg.to_dict(), "tokenizer": tokenizer.to_dict()}
         return Backbone(mcfg, tokenizer, info, None)
+    if is_hf_model_dir(cfg.model):
+        encoder, tokenizer, shape, info = load_hf_encoder(cfg.model)
+        if cfg.init == "random":
+            info = {**info, "kind": "random", "preset": None, "shaped_like": info["path"]}
+            return Backbone(shape, tokenizer, info, None, random_like=lambda: random_like(encoder))
+        return Backbone(shape, tokenizer, info, encoder)
     model, tokenizer, info = load_pretrained(cfg.model)
     if cfg.init == "random":
         # The control of an arm: the model's shape and tokenizer, none of its weights.

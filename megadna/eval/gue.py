@@ -185,7 +185,9 @@ def _run_dataset(name: str, seeds: list[int], cfg: GUEConfig, backbone: Backbone
                   "max_tokens": task.max_tokens, "truncated": task.truncated, "num_labels": task.num_labels,
                   "sizes": {"train": len(unit), "dev": len(task.splits["dev"]), "test": len(task.splits["test"])},
                   "run_key": {**run_key, "train_size": size}}
-        if model is not None and cfg.save_models != "none":
+        if model is not None and cfg.save_models != "none" and backbone.info["tokenizer"].get("kind") == "huggingface":
+            log.warning("%s: a foreign encoder's fine-tuned model is not saved (--save_models needs megadna's BERT)", desc)
+        elif model is not None and cfg.save_models != "none":
             _save_model(model, backbone, task, record, out, run_name(name, "best", size) if cfg.save_models == "best" else rn)
         write_json(out / "runs" / f"{rn}.json", record)  # last: marks it finished
         shown = ", ".join(f"{problems.METRIC_NAMES[m]} {result['test'][m]:.2f}" for m in problems.METRICS[task.problem])
