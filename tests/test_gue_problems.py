@@ -83,6 +83,8 @@ def test_regression_is_detected_learns_and_is_saved_in_label_units(datasets, tmp
         assert np.allclose(model(ids, mask)[:, 0].numpy(), p, atol=1e-4)
         assert np.allclose(hf(input_ids=ids, attention_mask=mask).logits[:, 0].numpy(), p, atol=1e-4)
     assert "Regression datasets:" in (tmp_path / "results.md").read_text() and "Spearman" in (tmp_path / "results.md").read_text()
+    again = run_gue(**_cfg(datasets, tmp_path, datasets="expr/gc", head_pooling="cls", head_init="standardize"))  # a restart reads it back
+    assert again["datasets"][0]["pearson_mean"] == row["pearson_mean"]
 
 
 def test_multilabel_is_detected_and_scored_per_label(datasets, tmp_path, one_torch_thread):

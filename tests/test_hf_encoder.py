@@ -82,5 +82,5 @@ def test_remote_code_is_refused_in_one_line(tmp_path):
     assert "\n" not in str(e.value)
     cfg = {k: v for k, v in cfg.items() if k != "auto_map"} | {"model_type": "caduceus"}
     (d / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(InputError, match="transformers cannot load this directory without remote code"):
+    with pytest.raises(InputError, match=r"transformers cannot load this directory \(with its own classes, no remote code\)"):
         load_hf_encoder(d)

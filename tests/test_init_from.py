@@ -183,6 +183,12 @@ def test_more_than_512_positions_end_to_end(shared_data, tmp_path, single_rank):
                     str(ROOT / "ds_configs" / "cpu_tiny.json"))
     assert summary["final_step"] == 2
     assert RunDir(tmp_path / "run").read_config()["max_tokens"] == 1000
+    # a run and its checkpoint hold a config.json too: still megadna's, never taken for a foreign model
+    from megadna.eval.config import GUEConfig
+    from megadna.eval.finetune import load_backbone
+
+    for d in (tmp_path / "run", RunDir(tmp_path / "run").newest_checkpoint()):
+        assert load_backbone(GUEConfig(model=str(d))).info["kind"] == "checkpoint"
     export_hf(tmp_path / "run", tmp_path / "export")
     model, _, _ = load_pretrained(tmp_path / "export")
     assert model.config.max_position_embeddings == 1030

@@ -239,7 +239,7 @@ def finetune(backbone: Backbone, data: dict[str, Encoded], num_labels: int, reci
         nonlocal best
         dev, _ = score(model, data["dev"], cfg, device, rc=rc_data and rc_data["dev"], problem=problem)
         history.append({"step": step, "epoch": epoch, "train_loss": train_loss, **{f"dev_{k}": v for k, v in dev.items()}})
-        if dev[metric] > best["dev"]:
+        if best["state"] is None or dev[metric] > best["dev"]:  # the first state is kept even when its score is NaN
             best = {"dev": dev[metric], "step": step, "state": {k: v.detach().clone() for k, v in model.state_dict().items()}}
         log.info("%s step %d/%d: train loss %s, dev %s %.2f (best %.2f at step %d)", desc, step, total,
                  "-" if train_loss is None else f"{train_loss:.4f}", metric, dev[metric], best["dev"], best["step"])

@@ -90,7 +90,7 @@ def read_finished(marker: Path, predictions: Path, run_key: dict) -> dict | None
     if old != run_key:
         diff = ", ".join(f"{k}: {old.get(k)!r} then, {v!r} now" for k, v in run_key.items() if old.get(k) != v)
         raise InputError(f"{marker}: this run finished under a different config ({diff}); use another --output_dir, "
-                         "or delete the folder's runs/ and predictions/ to start over")
+                         "or delete the folder's runs/, predictions/ and models/ to start over")
     return record
 
 
@@ -161,7 +161,11 @@ def _run_dataset(name: str, seeds: list[int], cfg: GUEConfig, backbone: Backbone
             rn = run_name(name, seed, size)
             done = read_finished(out / "runs" / f"{rn}.json", out / "predictions" / f"{rn}.csv", {**run_key, "train_size": size})
             if done is not None:
-                log.info("%s n=%s seed %d: finished earlier (test MCC %.2f), skipped", name, size or "all", seed, done["test"]["mcc"])
+                metric = problems.PRIMARY[done.get("problem", "classification")]
+                log.info("%s n=%s seed %d: finished earlier (test %s %.2f), skipped", name, size or "all", seed, metric, done["test"][metric])
+                if cfg.mode == "finetune" and cfg.save_models != "none" and not done.get("saved_model"):
+                    log.warning("%s n=%s seed %d: finished earlier without a saved model; --save_models applies to units run from now on",
+                                name, size or "all", seed)
                 records.append(done)
             else:
                 todo.append((size, seed))
@@ -222,10 +226,11 @@ def _save_model(model, backbone: Backbone, task: Task, record: dict, out: Path, 
     target = out / "models" / stem
     if stem.endswith("__seedbest"):
         kept = read_json_or_none(target / CLASSIFIER_META) or {}
-        if kept.get("best_dev", -np.inf) >= record["best_dev"]:
+        # Only a model of this experiment (the same run key) can be the best so far; another is replaced.
+        if kept.get("run_key") == record["run_key"] and kept.get("best_dev", -np.inf) >= record["best_dev"]:
             return
     meta = {k: record[k] for k in ("dataset", "seed", "train_size", "test", "metric", "best_dev", "best_step", "selected", "recipe", "max_tokens")}
-    meta |= {"base_model": record["run_key"]["model"], "head_init": record["run_key"].get("head_init", "random")}
+    meta |= {"base_model": record["run_key"]["model"], "head_init": record["run_key"].get("head_init", "random"), "run_key": record["run_key"]}
     record["saved_model"] = str(target)
     labels = list(task.splits["train"].label_names) if task.problem == "multilabel" else None
     save_classifier(model, backbone.tokenizer, target, meta, problem=task.problem, labels=labels)

@@ -9,8 +9,8 @@ recipes, heads and probe as megadna's own models.
   k-mers separated by spaces, as DNABERT was trained; every other tokenizer gets the raw upper-case
   sequence (BPE, the Nucleotide Transformer's 6-mer splitter).
 - Encoder: `AutoModel.from_pretrained(dir)`; its hidden states (embeddings, then each layer) feed
-  the same heads (megadna.model.heads) as a megadna encoder. `--init_random_control` draws the same
-  architecture from its config (`AutoModel.from_config`).
+  the same heads (megadna.model.heads) as a megadna encoder. The random control (`--init random`, or
+  `--init_random_control` with `--models`) draws the same architecture from its config (`AutoModel.from_config`).
 - A directory whose config names custom code (`auto_map`, e.g. DNABERT-2's flash-attention BERT) or
   a model type this transformers does not know is refused with one line: megadna never runs code
   shipped inside a model directory (trust_remote_code).
@@ -49,8 +49,12 @@ class EncoderShape:
 
 
 def is_hf_model_dir(path) -> bool:
+    """A Hugging Face model directory megadna did not write (its own checkpoints, runs and exports hold
+    a config.json too)."""
+    from megadna.model.pretrained import is_megadna_dir
+
     p = Path(path)
-    return p.is_dir() and (p / "config.json").is_file() and not (p / "megadna_tokenizer.json").is_file()
+    return p.is_dir() and (p / "config.json").is_file() and not is_megadna_dir(p)
 
 
 def kmer_k(vocab: dict[str, int]) -> int | None:
@@ -152,8 +156,8 @@ def load_hf_encoder(path) -> tuple[HFEncoder, HFTokenizer, EncoderShape, dict]:
         hf_tok = AutoTokenizer.from_pretrained(str(d))
     except (ValueError, KeyError, OSError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise InputError(f"{d}: transformers cannot load this directory without remote code: {first}") from None
-    shape = EncoderShape(vocab_size=len(hf_tok.get_vocab()), hidden_size=config.hidden_size,
+        raise InputError(f"{d}: transformers cannot load this directory (with its own classes, no remote code): {first}") from None
+    shape = EncoderShape(vocab_size=int(getattr(config, "vocab_size", None) or len(hf_tok.get_vocab())), hidden_size=config.hidden_size,
                          max_position_embeddings=_positions(config, hf_tok),
                          hidden_dropout=float(getattr(config, "hidden_dropout_prob", 0.1) or 0.0),
                          initializer_range=float(getattr(config, "initializer_range", 0.02)))
@@ -178,7 +182,8 @@ def _positions(config, hf_tok) -> int:
         limits[0] = (limits[0] or 0) - (config.pad_token_id or 0) - 1 or None  # RoBERTa positions start after pad_token_id
     usable = [int(x) for x in limits if isinstance(x, int) and 0 < x < 10**7]
     if not usable:
-        raise InputError("the model states no maximum input length (max_position_embeddings or the tokenizer's model_max_length)")
+        raise InputError(f"{getattr(hf_tok, 'name_or_path', '?')}: the model states no maximum input length "
+                         "(max_position_embeddings or the tokenizer's model_max_length)")
     return min(usable)
 
 

@@ -117,6 +117,49 @@ def overlap_tokens(tokenizer: DNATokenizer, overlap_bp: int, max_tokens: int, n_
     return tokens
 
 
+def tile(tokenizer: DNATokenizer, seqs: Sequence[str], max_tokens: int, overlap_bp: int,
+         places: Sequence[str] | None = None) -> tuple[list[np.ndarray], np.ndarray]:
+    """(the token rows of every window, sequence by sequence; windows per sequence int64 [n]): each
+    sequence tokenized whole, then one row when it fits max_tokens, else windows (`window_starts`).
+    A sequence that gives no token is an InputError naming `places[i]`. Shared by `megadna predict`."""
+    rows, n_windows = [], np.zeros(len(seqs), dtype=np.int64)
+    for i, seq in enumerate(seqs):
+        ids = tokenizer.encode(seq)
+        if ids.size == 0:
+            place = places[i] if places else f"sequence {i}"
+            raise InputError(f"{place}: {len(seq)} bp gives no token with {tokenizer.name} (k = {tokenizer.k}); "
+                             "the sequence is too short")
+        starts = window_starts(ids.size, max_tokens, overlap_tokens(tokenizer, overlap_bp, max_tokens, len(seq), ids.size))
+        rows.extend(ids[a : a + max_tokens] for a in starts)
+        n_windows[i] = starts.size
+    return rows, n_windows
+
+
+def per_window(rows: list[np.ndarray], width: int, forward, *, batch_size: int, device, desc: str, progress: bool) -> np.ndarray:
+    """float32 [len(rows), width]: forward(input_ids, attention_mask) -> [b, width] of every row, run in
+    length-sorted batches ([CLS] row [SEP], padded) and put back in row order."""
+    lengths = np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))
+    out = np.empty((len(rows), width), dtype=np.float32)
+    with progress_bar(len(rows), desc, "window", progress) as bar:
+        for idx in length_sorted_batches(lengths, batch_size):
+            ids, mask = model_inputs([rows[j] for j in idx], device)
+            out[idx] = forward(ids, mask).float().cpu().numpy()
+            bar.update(len(idx))
+    return out
+
+
+def merge_windows(values: np.ndarray, n_windows: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """One row per sequence: its window's row when it has one (bit for bit), else the mean of its
+    windows' rows weighted by `weights` (one per window), summed in float64."""
+    first = np.cumsum(n_windows) - n_windows  # each sequence's first window
+    out = values[first]
+    for i in np.flatnonzero(n_windows > 1):
+        r = slice(first[i], first[i] + n_windows[i])
+        w = np.asarray(weights[r], dtype=np.float64)
+        out[i] = (values[r].astype(np.float64) * w[:, None]).sum(0) / w.sum()
+    return out
+
+
 @torch.no_grad()
 def embed_sequences(bert: Bert, tokenizer: DNATokenizer, seqs: Sequence[str], *, max_tokens: int, pooling: str = "mean",
                     layer: int = -1, batch_size: int = 32, overlap_bp: int = DEFAULT_OVERLAP, device=None,
@@ -127,32 +170,19 @@ def embed_sequences(bert: Bert, tokenizer: DNATokenizer, seqs: Sequence[str], *,
     names each sequence in errors (file and record or line)."""
     device = device or next(bert.parameters()).device
     check_layer(bert, layer)
-    rows, n_windows = [], np.zeros(len(seqs), dtype=np.int64)
-    for i, seq in enumerate(seqs):
-        ids = tokenizer.encode(seq)
-        if ids.size == 0:
-            place = places[i] if places else f"sequence {i}"
-            raise InputError(f"{place}: {len(seq)} bp gives no token with {tokenizer.name} (k = {tokenizer.k}); "
-                             "the sequence is too short to embed")
-        starts = window_starts(ids.size, max_tokens, overlap_tokens(tokenizer, overlap_bp, max_tokens, len(seq), ids.size))
-        rows.extend(ids[a : a + max_tokens] for a in starts)
-        n_windows[i] = starts.size
+    rows, n_windows = tile(tokenizer, seqs, max_tokens, overlap_bp, places)
+
+    def forward(ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        with autocast(device, precision):
+            h = hidden_at(bert, ids, mask, layer)
+        return pool(h, mask, pooling)
+
+    pooled = per_window(rows, bert.embeddings.word_embeddings.embedding_dim, forward, batch_size=batch_size, device=device,
+                        desc="embed", progress=progress)
     lengths = np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))
-    pooled = np.empty((len(rows), bert.embeddings.word_embeddings.embedding_dim), dtype=np.float32)
-    with progress_bar(len(rows), "embed", "window", progress) as bar:
-        for idx in length_sorted_batches(lengths, batch_size):
-            ids, mask = model_inputs([rows[j] for j in idx], device)
-            with autocast(device, precision):
-                h = hidden_at(bert, ids, mask, layer)
-            pooled[idx] = pool(h, mask, pooling).cpu().numpy()
-            bar.update(len(idx))
-    first = np.cumsum(n_windows) - n_windows  # each sequence's first window
-    out = pooled[first]  # one window: the pass itself, bit for bit
-    for i in np.flatnonzero(n_windows > 1):
-        r = slice(first[i], first[i] + n_windows[i])
-        w = (lengths[r] + 2.0) if pooling == "mean" else np.ones(n_windows[i])  # + [CLS], [SEP]: what pool() averaged
-        out[i] = (pooled[r].astype(np.float64) * w[:, None]).sum(0) / w.sum()
-    return out, n_windows
+    # mean: weighted by each window's positions (tokens + [CLS], [SEP]: what pool() averaged); cls: equally.
+    weights = lengths + 2 if pooling == "mean" else np.ones(len(rows))
+    return merge_windows(pooled, n_windows, weights), n_windows
 
 
 def run_embed(cfg: EmbedConfig) -> dict:

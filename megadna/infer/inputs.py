@@ -1,5 +1,5 @@
-"""What `megadna embed` and `megadna score-variants` share: reading the user's sequences and tables,
-the model and its device, batches in length order, and outputs that appear whole or not at all.
+"""What `megadna embed`, `predict` and `score-variants` share: reading the user's sequences and
+tables, the model and its device, batches in length order, and outputs that appear whole or not at all.
 
 Sequences are validated with the FASTA reader's alphabet (A, C, G, T, N and the IUPAC codes R Y K M S
 W B D H V, any case) and then normalised by `codes.normalize`, the tokenizers' own mapping: upper

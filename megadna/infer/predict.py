@@ -8,11 +8,12 @@ model's problem: classification `prediction` (the class name) and `prob_<class>`
 regression `prediction`; multilabel `pred_<label>` (0/1, at p >= 0.5) and `prob_<label>` per label.
 
 Sequences go through the model's own tokenizer exactly as in `megadna gue` (upper case, IUPAC codes
-as N). A sequence longer than the model is tiled into windows as `megadna embed` tiles it
-(megadna.infer.embed.window_starts); the head's outputs (logits, or values for regression) are
-averaged over the windows, weighted by each window's tokens, before softmax/sigmoid. The harness
-itself truncated such sequences at fine-tuning (docs/GUE.md): a model fine-tuned on short sequences
-has not seen tiles of long ones, so treat such predictions with care (n_windows says which rows).
+as N). A sequence longer than the model is tiled into windows by the same code as `megadna embed`
+(megadna.infer.embed: tile, per_window, merge_windows); the head's outputs (logits, or values for
+regression) are averaged over the windows, weighted by each window's tokens, before softmax/sigmoid.
+The harness itself truncated such sequences at fine-tuning (docs/GUE.md): a model fine-tuned on short
+sequences has not seen tiles of long ones, so treat such predictions with care (n_windows says which
+rows).
 """
 
 from __future__ import annotations
@@ -28,19 +29,18 @@ import torch
 from megadna.errors import InputError
 from megadna.eval import problems
 from megadna.eval.finetune import autocast, resolve_device
-from megadna.infer.embed import DEFAULT_OVERLAP, overlap_tokens, window_starts
-from megadna.infer.inputs import PRECISIONS, Outputs, length_sorted_batches, model_inputs, progress_bar, read_sequences
+from megadna.infer.embed import DEFAULT_OVERLAP, merge_windows, per_window, tile
+from megadna.infer.inputs import PRECISIONS, Outputs, read_sequences
 from megadna.model.heads import BertClassifier
 from megadna.tokenizers import DNATokenizer
 
 log = logging.getLogger(__name__)
-PROBLEM_OF_HF = {"single_label_classification": "classification", "regression": "regression", "multi_label_classification": "multilabel"}
 
 
 @dataclass
 class PredictConfig:
     input: str = field(default="", metadata={"help": "FASTA (plain or gzipped), or a CSV (name ends in .csv) with a 'sequence' column and optionally 'id' or 'name'"})
-    model: str = field(default="", metadata={"help": "a fine-tuned model directory saved by megadna gue (output_dir/models/<dataset>__seed<k>)"})
+    model: str = field(default="", metadata={"help": "a fine-tuned model directory saved by megadna gue (output_dir/models/<task>__<dataset>[__n<size>]__seed<k|best>)"})
     out: str = field(default="", metadata={"help": "output CSV: row, id, length_bp, n_windows, then prediction(s) and probabilities"})
     batch_size: int = field(default=32, metadata={"help": "model inputs (windows) per forward pass"})
     window_overlap_bp: int = field(default=DEFAULT_OVERLAP, metadata={"help": "bp shared by consecutive windows of a sequence longer than the model; -1: a quarter of the window"})
@@ -62,35 +62,22 @@ class PredictConfig:
 def head_outputs(model: BertClassifier, tokenizer: DNATokenizer, seqs: list[str], places: list[str], batch_size: int, overlap_bp: int,
                  device, precision: str, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """(head outputs [n, num_labels] fp32 averaged over each sequence's windows, windows per sequence)."""
-    max_tokens = model.config.max_position_embeddings - 2
-    rows, n_windows = [], np.zeros(len(seqs), dtype=np.int64)
-    for i, seq in enumerate(seqs):
-        ids = tokenizer.encode(seq)
-        if ids.size == 0:
-            raise InputError(f"{places[i]}: {len(seq)} bp gives no token with {tokenizer.name}; the sequence is too short")
-        starts = window_starts(ids.size, max_tokens, overlap_tokens(tokenizer, overlap_bp, max_tokens, len(seq), ids.size))
-        rows.extend(ids[a : a + max_tokens] for a in starts)
-        n_windows[i] = starts.size
+    rows, n_windows = tile(tokenizer, seqs, model.config.max_position_embeddings - 2, overlap_bp, places)
+
+    def forward(ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        with autocast(device, precision):
+            return model(ids, mask)
+
+    z = per_window(rows, model.classifier.out_features, forward, batch_size=batch_size, device=device, desc="predict",
+                   progress=progress)
     lengths = np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))
-    z = np.empty((len(rows), model.classifier.out_features), dtype=np.float32)
-    with progress_bar(len(rows), "predict", "window", progress) as bar:
-        for idx in length_sorted_batches(lengths, batch_size):
-            ids, mask = model_inputs([rows[j] for j in idx], device)
-            with autocast(device, precision):
-                z[idx] = model(ids, mask).float().cpu().numpy()
-            bar.update(len(idx))
-    first = np.cumsum(n_windows) - n_windows
-    out = z[first]
-    for i in np.flatnonzero(n_windows > 1):
-        r = slice(first[i], first[i] + n_windows[i])
-        out[i] = np.average(z[r], axis=0, weights=lengths[r])
-    return out, n_windows
+    return merge_windows(z, n_windows, lengths), n_windows
 
 
 def run_predict(cfg: PredictConfig) -> dict:
     """Predict cfg.input with cfg.model; write cfg.out (renamed into place at the end). Returns a summary."""
     from megadna.jsonfile import read_json
-    from megadna.model.classifier_export import load_classifier
+    from megadna.model.classifier_export import PROBLEMS, load_classifier
 
     for name in ("input", "model", "out"):
         if not getattr(cfg, name):
@@ -100,7 +87,7 @@ def run_predict(cfg: PredictConfig) -> dict:
     device = resolve_device(cfg.device)
     model, tokenizer, meta = load_classifier(cfg.model, device)
     hf = read_json(f"{cfg.model}/config.json", "model config")
-    problem = meta.get("problem") or PROBLEM_OF_HF.get(hf.get("problem_type"), "classification")
+    problem = meta.get("problem") or {hf_type: ours for ours, hf_type in PROBLEMS.items()}.get(hf.get("problem_type"), "classification")
     names = [hf.get("id2label", {}).get(str(i), str(i)) for i in range(model.classifier.out_features)]
     start = time.perf_counter()
     z, n_windows = head_outputs(model, tokenizer, [r.seq for r in records], [r.place for r in records], cfg.batch_size,

@@ -18,6 +18,7 @@ megadna (`load_classifier`, `megadna predict`) reproduces the model; the card an
 
 from __future__ import annotations
 
+import copy
 import os
 import shutil
 from pathlib import Path
@@ -74,7 +75,7 @@ def save_classifier(model: BertClassifier, tokenizer: DNATokenizer, out_dir, met
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_dir.parent / f".{out_dir.name}.partial-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    model = model.float().cpu().eval()
+    model = copy.deepcopy(model).float().cpu().eval()  # the caller's model stays where and what it was
     meta = {"format": CLASSIFIER_FORMAT, "pooling": model.pooling, "problem": problem,
             "plain_transformers": model.pooling == "cls", **meta}
     try:

@@ -23,7 +23,6 @@ import torch
 
 from megadna.errors import InputError
 from megadna.model.bert import BertForMLM, ModelConfig
-from megadna.tokenizers.base import CONFIG_FILE as TOKENIZER_FILE
 
 # Fields that decide the function a model computes; they must match between the source and the run.
 SHAPE_FIELDS = ("hidden_size", "num_layers", "num_heads", "intermediate_size", "max_position_embeddings",
@@ -41,9 +40,9 @@ def init_state(path, tokenizer, mcfg: ModelConfig) -> tuple[dict[str, torch.Tens
     if not path.is_dir():
         raise InputError(f"--init_from {path}: not a directory; expected a megadna checkpoint, run or export, "
                          "or a Hugging Face BERT directory (config.json, model.safetensors or pytorch_model.bin, vocab.txt)")
-    if _is_megadna(path):
-        from megadna.model.pretrained import load_pretrained
+    from megadna.model.pretrained import is_megadna_dir, load_pretrained
 
+    if is_megadna_dir(path):
         model, src_tok, info = load_pretrained(path)  # a k-mer basis is folded in: a plain table
         state, vocab, cfg = model.state_dict(), src_tok.vocab, model.config
         source = {"path": str(path.resolve()), "kind": f"megadna {info['kind']}", "global_step": info["global_step"]}
@@ -53,12 +52,6 @@ def init_state(path, tokenizer, mcfg: ModelConfig) -> tuple[dict[str, torch.Tens
     state, remapped = _rows_by_token(state, vocab, tokenizer.vocab, path)
     state = _into_run_model(state, mcfg, path)
     return state, source | {"remapped_by_token": remapped}
-
-
-def _is_megadna(path: Path) -> bool:
-    from megadna import rundir
-
-    return (path / rundir.META).is_file() or (path / "checkpoints").is_dir() or (path / TOKENIZER_FILE).is_file()
 
 
 def _read_hf_dir(d: Path) -> tuple[dict[str, torch.Tensor], list[str], ModelConfig, dict]:
@@ -120,7 +113,10 @@ def _rows_by_token(state: dict[str, torch.Tensor], src_vocab: list[str], run_voc
     for key in ROW_KEYS:
         if key in out:
             out[key] = out[key][order]
-    out.pop("cls.predictions.decoder.weight", None)  # tied to the embeddings; BertForMLM restores it
+    decoder = out.pop("cls.predictions.decoder.weight", None)  # tied to the embeddings; BertForMLM restores it
+    if decoder is not None and "bert.embeddings.word_embeddings.weight" in state and not torch.equal(decoder, state["bert.embeddings.word_embeddings.weight"]):
+        raise InputError(f"--init_from {where}: the MLM decoder is not tied to the word embeddings (megadna's BERT ties them); "
+                         "loading it would change the model's function")
     out.pop("cls.predictions.decoder.bias", None)
     return out, remapped
 

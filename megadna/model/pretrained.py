@@ -53,6 +53,13 @@ ACCEPTED = (
 )
 
 
+def is_megadna_dir(path) -> bool:
+    """Whether `path` is a model directory megadna wrote (a checkpoint, a run's save_dir or an export),
+    as opposed to someone else's Hugging Face directory (which a run's config.json would resemble)."""
+    p = Path(path)
+    return (p / ckpt.META).is_file() or RunDir(p).checkpoints.is_dir() or (p / TOKENIZER_FILE).is_file()
+
+
 def load_pretrained(path, device="cpu") -> tuple[BertForMLM, DNATokenizer, dict]:
     """(model in eval mode, fp32, on device; its tokenizer; info) from a checkpoint, a run or an export.
 
