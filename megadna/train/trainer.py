@@ -245,6 +245,8 @@ class Trainer:
         finally:
             self.close()
         summary.update(final_step=self.step, losses=losses, batches_consumed=self.batches_consumed)
+        if self.device.type == "cuda":
+            summary["peak_memory_gib"] = torch.cuda.max_memory_allocated(self.device) / 2**30
         if self.is_main:
             write_json(self.run.summary, {k: v for k, v in summary.items() if k != "losses"} | {"last_losses": losses[-10:]})
         return summary
