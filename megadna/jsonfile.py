@@ -65,10 +65,17 @@ def read_json(path: str | Path, what: str = "JSON file"):
         raise InputError(f"{path}: no such {what}") from None
     except UnicodeDecodeError as e:
         raise InputError(f"{path}: not UTF-8 text (byte {e.start}); is this a {what}?") from None
+    return parse_json(text, path)
+
+
+def parse_json(text: str | bytes, where):
+    """JSON text read from `where` (a file or a URL), parsed; malformed text is an InputError naming it."""
     try:
         return json.loads(text)
+    except UnicodeDecodeError as e:
+        raise InputError(f"{where}: not UTF-8 text (byte {e.start})") from None
     except json.JSONDecodeError as e:
-        raise InputError(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}): {e.msg}") from None
+        raise InputError(f"{where}: not valid JSON (line {e.lineno}, column {e.colno}): {e.msg}") from None
 
 
 def read_json_or_none(path: str | Path):
@@ -79,9 +86,10 @@ def read_json_or_none(path: str | Path):
         return None
 
 
-def read_versioned_json(path: str | Path, fmt: str) -> dict:
-    """The JSON object in `path`, whose "format" field must be `fmt`; a clear error naming the file otherwise."""
-    obj = read_json(path)
+def read_versioned_json(path: str | Path, fmt: str, obj=None) -> dict:
+    """The JSON object in `path` (or `obj`, already parsed from there), whose "format" field must be
+    `fmt`; a clear error naming the file otherwise."""
+    obj = read_json(path) if obj is None else obj
     if not isinstance(obj, dict) or obj.get("format") != fmt:
         found = obj.get("format") if isinstance(obj, dict) else type(obj).__name__
         raise InputError(f"{path}: format {found!r}, expected {fmt!r}")

@@ -15,14 +15,17 @@ Writing a shard set: megadna.data.shard_writer. Streaming batches from one: mega
 from __future__ import annotations
 
 import gzip
+import hashlib
+import io
 import json
 import zlib
 from pathlib import Path
 from typing import Iterator
 
+from megadna.data.remote import fetch, is_url, locate
 from megadna.errors import InputError
 from megadna.integrity import sha256_file
-from megadna.jsonfile import read_versioned_json
+from megadna.jsonfile import parse_json, read_versioned_json
 
 MANIFEST = "manifest.json"
 FORMAT = "megadna-shards/1"
@@ -81,10 +84,16 @@ def file_sha256(path: Path) -> str:
 
 def read_manifest(shard_dir: str | Path) -> dict:
     """The manifest of a complete shard set, or a clear error saying why the directory is not one.
+    `shard_dir` is a local directory or a URL form (megadna.data.remote).
 
     Its layout is checked too: splits are train/val, and every shard name is a plain file name that
     stays inside its split's folder (no '/', no '..', no absolute path, no symlink leading out), so a
     manifest can make a reader open nothing outside the shard directory."""
+    if is_url(shard_dir):
+        where = locate(shard_dir, MANIFEST)
+        manifest = read_versioned_json(where, FORMAT, obj=parse_json(fetch(where), where))
+        _check_layout(shard_dir, manifest, where)
+        return manifest
     d = Path(shard_dir)
     path = d / MANIFEST
     if d.exists() and not d.is_dir():
@@ -97,11 +106,11 @@ def read_manifest(shard_dir: str | Path) -> dict:
     return manifest
 
 
-def _check_layout(d: Path, manifest: dict, path: Path) -> None:
+def _check_layout(d: str | Path, manifest: dict, path) -> None:
     splits = manifest.get("splits")
     if not isinstance(splits, dict) or not set(SPLITS) <= set(splits):
         raise InputError(f"{path}: no 'splits' object with {' and '.join(SPLITS)}; re-make the shard set (tools/make_shards.py)")
-    root = d.resolve()
+    root = None if is_url(d) else Path(d).resolve()
     for split, info in splits.items():
         if split not in SPLITS:
             raise InputError(f"{path}: unknown split {split!r} (a shard set has {', '.join(SPLITS)}); re-make the shard set")
@@ -115,8 +124,8 @@ def _check_layout(d: Path, manifest: dict, path: Path) -> None:
                 raise InputError(f"{where}: name {name!r} is not a plain file name in {split}/; a manifest may name only files inside its shard directory")
             if not all(isinstance(sh.get(k), int) and not isinstance(sh.get(k), bool) and sh[k] >= 0 for k in ("samples", "bytes")) or not isinstance(sh.get("sha256"), str):
                 raise InputError(f"{where} ({name}): needs integer 'samples' and 'bytes' and a 'sha256' string; re-make the shard set")
-            target = (d / split / name).resolve()
-            if not target.is_relative_to(root):
+            target = None if root is None else (root / split / name).resolve()
+            if target is not None and not target.is_relative_to(root):
                 raise InputError(f"{where}: {split}/{name} resolves to {target}, outside the shard directory {root}; a manifest may name only files inside it")
 
 
@@ -157,9 +166,9 @@ class CorruptShard(InputError):
 
     def __init__(self, path, index, cause):
         at = f" at sample {index}" if index is not None else ""
-        dirname = Path(path).parent.parent
-        super().__init__(f"{path}: corrupt or truncated{at}: {cause}. Check the set with "
-                         f"`tools/make_shards.py --out {dirname} --verify` and re-make it")
+        check = ("re-make it where it is stored" if is_url(path) else
+                 f"check the set with `tools/make_shards.py --out {Path(path).parent.parent} --verify` and re-make it")
+        super().__init__(f"{path}: corrupt or truncated{at}: {cause}. {check[0].upper() + check[1:]}")
         self.path, self.index = path, index
 
 
@@ -236,37 +245,48 @@ def _parse_header(h: bytes, offset: int) -> tuple[str, int]:
     return (prefix + b"/" + name if prefix else name).decode("utf-8"), size
 
 
-def _check_file(path: Path, expect: dict | None) -> bool:
-    """Size and sha256 against the manifest's entry, before a byte is decoded. True when checked."""
+def _check_bytes(where, size: int, digest, expect: dict | None) -> bool:
+    """Size and sha256 against the manifest's entry, before a byte is decoded. True when checked.
+    `digest` is called only when the size is right."""
     if expect is None:
         return False
-    size = path.stat().st_size
     if size != expect["bytes"]:
-        raise CorruptShard(path, None, f"{size} bytes, the manifest says {expect['bytes']}")
-    if file_sha256(path) != expect["sha256"]:
-        raise CorruptShard(path, None, "its sha256 differs from the manifest's")
+        raise CorruptShard(where, None, f"{size} bytes, the manifest says {expect['bytes']}")
+    if digest() != expect["sha256"]:
+        raise CorruptShard(where, None, "its sha256 differs from the manifest's")
     return True
 
 
-def iter_shard(path: Path, start: int = 0, stop: int | None = None, *, with_meta: bool = False, expect: dict | None = None) -> Iterator[tuple[bytes, dict | None]]:
-    """Yield (bases, meta) for samples start..stop of one shard. Samples before `start` are skipped
-    without decoding. Raises CorruptShard, naming the shard and sample, when the shard is damaged.
+def _open_shard(location, expect: dict | None):
+    """(open binary file, verified) of a local shard path or a remote one (fetched whole, then checked)."""
+    if is_url(location):
+        data = fetch(location)
+        verified = _check_bytes(location, len(data), lambda: hashlib.sha256(data).hexdigest(), expect)
+        return io.BytesIO(data), verified
+    path = Path(location)
+    try:
+        verified = _check_bytes(path, path.stat().st_size, lambda: file_sha256(path), expect)
+        return open(path, "rb"), verified
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such shard file (listed in {path.parent.parent / MANIFEST}?); re-make the shard set") from None
+
+
+def iter_shard(path, start: int = 0, stop: int | None = None, *, with_meta: bool = False, expect: dict | None = None) -> Iterator[tuple[bytes, dict | None]]:
+    """Yield (bases, meta) for samples start..stop of one shard (a local path, or a URL form:
+    megadna.data.remote). Samples before `start` are skipped without decoding. Raises CorruptShard,
+    naming the shard and sample, when the shard is damaged.
 
     `expect` is the shard's manifest entry: its size and sha256 are checked before anything is yielded,
     and its sample count too when the whole shard is read. Without it the reader goes on to the end
     of the file after `stop`, so gzip's CRC and length, every tar header and the end of the archive are
     checked before it returns; a flipped bit none of these catch can only be in the member data of an
     uncompressed `.tar` shard (the sha256 catches that one)."""
-    path = Path(path)
-    try:
-        verified = _check_file(path, expect)
-        f = open(path, "rb")
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such shard file (listed in {path.parent.parent / MANIFEST}?); re-make the shard set") from None
+    path = path if is_url(path) else Path(path)
+    f, verified = _open_shard(path, expect)
     tar = None
     try:
         with f:
-            tar = _TarStream(gzip.GzipFile(fileobj=f, mode="rb") if path.name.endswith(".gz") else f)
+            tar = _TarStream(gzip.GzipFile(fileobj=f, mode="rb") if str(path).endswith(".gz") else f)
             for sample in _samples(tar, start, stop, with_meta):
                 if sample is not None:
                     yield _decode(sample, with_meta)

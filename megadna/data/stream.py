@@ -20,6 +20,7 @@ from typing import Iterator
 import numpy as np
 
 from megadna.data.genome import reverse_complement
+from megadna.data.remote import as_location, is_url, locate
 from megadna.data.shards import SPLITS, iter_shard, read_manifest, shard_entries
 from megadna.errors import InputError
 
@@ -135,7 +136,7 @@ class WindowStream:
     """
 
     def __init__(self, shard_dir: str | Path, cfg: StreamConfig, *, rank: int = 0, world_size: int = 1, tokenizer=None, max_tokens: int | None = None, start_batch: int = 0):
-        self.dir = Path(shard_dir)
+        self.dir = as_location(shard_dir)  # a local directory, or a URL form (megadna.data.remote)
         self.cfg = cfg
         self.rank, self.world_size = rank, world_size
         self.tokenizer, self.max_tokens = tokenizer, max_tokens
@@ -145,7 +146,7 @@ class WindowStream:
         if not self._entries:
             raise InputError(f"{self.dir}: the manifest has no {cfg.split!r} shards")
         shards = tuple((rel, sh["samples"]) for rel, sh in self._entries.items())
-        missing = [n for n, _ in shards if not (self.dir / n).is_file()]
+        missing = [] if is_url(self.dir) else [n for n, _ in shards if not (self.dir / n).is_file()]
         if missing:
             raise InputError(f"{self.dir}: {len(missing)} shard(s) listed in the manifest are missing: {', '.join(missing[:5])}")
         self.plan = EpochPlan(shards, world_size, max(1, cfg.num_workers), cfg.micro_batch, cfg.seed, cfg.shuffle)
@@ -183,7 +184,7 @@ class WindowStream:
                 pos += n
                 continue
             skip = max(0, start - pos)
-            yield from iter_shard(self.dir / seg.shard, seg.start + skip, seg.stop, with_meta=with_meta, expect=self._entries[seg.shard])
+            yield from iter_shard(locate(self.dir, seg.shard), seg.start + skip, seg.stop, with_meta=with_meta, expect=self._entries[seg.shard])
             pos += n
 
     def _fill(self, raw, size, epoch, slot, b) -> list:

@@ -23,6 +23,7 @@ import torch
 
 from megadna import rundir as ckpt
 from megadna.data.demo import build_demo_shards
+from megadna.data.remote import as_location
 from megadna.data.shards import read_manifest
 from megadna.data.stream import StreamConfig, WindowStream, make_loader
 from megadna.errors import InputError
@@ -139,7 +140,7 @@ class Trainer:
     def _setup_data_and_model(self) -> None:
         """Shards, tokenizer, model shape, sequence length and masking; checked equal on every rank."""
         cfg = self.cfg
-        self.data_dir = Path(cfg.data) if cfg.data else self._demo_data()
+        self.data_dir = as_location(cfg.data) if cfg.data else self._demo_data()  # a directory, or a URL form
         self.manifest = read_manifest(self.data_dir)
         distributed.check_consistent(self.manifest, "data manifest", hint=f"{self.data_dir} differs between nodes: give every node the same shards (tools/make_shards.py --verify)")
         # On resume the tokenizer comes from the checkpoint (a BPE directory may have moved since).
