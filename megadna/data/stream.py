@@ -156,6 +156,7 @@ class WindowStream:
                 f"{self.plan.num_workers} worker(s) x micro batch {cfg.micro_batch}; make more windows or use fewer workers"
             )
         self.window_bp = manifest["window_config"]["window"]
+        self.manifest_has_val = bool(manifest["splits"]["val"]["shards"])
 
     # -- sample level ----------------------------------------------------------------------------
 
@@ -195,21 +196,28 @@ class WindowStream:
 
     # -- batch level ---------------------------------------------------------------------------
 
-    def batches(self, logical_worker: int, local_start: int) -> Iterator[dict]:
-        """Endless batches of one logical worker's slot, from its local batch index `local_start`."""
+    def raw_batches(self, logical_worker: int, local_start: int) -> Iterator[tuple[list[bytes], int, int, int]]:
+        """Endless (windows, epoch, slot, batch in slot) of one logical worker's slot, from its local
+        batch index `local_start`: what `collate` turns into a batch."""
         bps = self.plan.batches_per_slot
-        W = self.plan.num_workers
-        slot = self.rank * W + logical_worker
+        slot = self.rank * self.plan.num_workers + logical_worker
         local = local_start
         while True:
             epoch, first = divmod(local, bps)
             samples = self.slot_samples(epoch, slot, first * self.cfg.micro_batch)
             for b in range(first, bps):
-                seqs = [next(samples)[0] for _ in range(self.cfg.micro_batch)]
-                yield self._collate(seqs, epoch, slot, b, local * W + logical_worker)
+                yield [next(samples)[0] for _ in range(self.cfg.micro_batch)], epoch, slot, b
                 local += 1
 
-    def _collate(self, seqs: list[bytes], epoch: int, slot: int, b: int, global_batch: int) -> dict:
+    def batches(self, logical_worker: int, local_start: int) -> Iterator[dict]:
+        """Endless batches of one logical worker's slot, from its local batch index `local_start`."""
+        W = self.plan.num_workers
+        for local, raw in enumerate(self.raw_batches(logical_worker, local_start), local_start):
+            yield self.collate(*raw, global_batch=local * W + logical_worker)
+
+    def collate(self, seqs: list[bytes], epoch: int, slot: int, b: int, global_batch: int) -> dict:
+        """A batch: the windows (reverse-complemented by a draw of (seed, epoch, slot, b)), tokenized
+        when the stream has a tokenizer."""
         if self.cfg.reverse_complement > 0:
             flips = _rng(self.cfg.seed, epoch, slot, b, 0x4C).random(len(seqs)) < self.cfg.reverse_complement
             seqs = [reverse_complement(s.decode()).encode() if f else s for s, f in zip(seqs, flips)]

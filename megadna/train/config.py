@@ -18,7 +18,7 @@ from megadna.seqlen import parse_schedule
 
 @dataclass
 class TrainConfig:
-    data: str = field(default="", metadata={"help": "shard set from tools/make_shards.py: a directory, an http(s):// base URL, or 'pipe:CMD {}' (a command printing the file whose path replaces {}, e.g. 'pipe:aws s3 cp s3://bucket/shards/{} -'; docs/DATA.md); empty: build the demo data in save_dir/demo_data"})
+    data: str = field(default="", metadata={"help": "shard set from tools/make_shards.py: a directory, an http(s):// base URL, or 'pipe:CMD {}' (a command printing the file whose path replaces {}, e.g. 'pipe:aws s3 cp s3://bucket/shards/{} -'), or a weighted mixture NAME=WEIGHT:LOCATION,... or a .json spec (docs/DATA.md); empty: build the demo data in save_dir/demo_data"})
     tokenizer: str = field(default="kmer6", metadata={"help": "kmer<k> (overlapping), nkmer<k> (non-overlapping), base, or a saved BPE directory"})
     model: str = field(default="tiny", metadata={"help": f"model shape: a preset ({', '.join(PRESETS)}) or a JSON file of Hugging Face BertConfig fields (e.g. a BERT model's config.json; vocab_size comes from the tokenizer)"})
     init_from: str = field(default="", metadata={"help": "start from these weights instead of random init (a new run only; resume ignores it): a megadna checkpoint, run or export, or a Hugging Face BERT directory (config.json, model.safetensors or pytorch_model.bin, vocab.txt; rows matched by token string, e.g. DNABERT). Optimizer, schedule and data position start fresh"})

@@ -23,6 +23,7 @@ import torch
 
 from megadna import rundir as ckpt
 from megadna.data.demo import build_demo_shards
+from megadna.data.mixing import MixedStream, is_mix, parse_mix, source_shares
 from megadna.data.remote import as_location
 from megadna.data.shards import read_manifest
 from megadna.data.stream import StreamConfig, WindowStream, make_loader
@@ -140,9 +141,12 @@ class Trainer:
     def _setup_data_and_model(self) -> None:
         """Shards, tokenizer, model shape, sequence length and masking; checked equal on every rank."""
         cfg = self.cfg
-        self.data_dir = as_location(cfg.data) if cfg.data else self._demo_data()  # a directory, or a URL form
-        self.manifest = read_manifest(self.data_dir)
-        distributed.check_consistent(self.manifest, "data manifest", hint=f"{self.data_dir} differs between nodes: give every node the same shards (tools/make_shards.py --verify)")
+        # One shard set (a directory or a URL form), or a weighted mixture of several (megadna.data.mixing).
+        self.sources = parse_mix(cfg.data) if is_mix(cfg.data) else None
+        self.data_dir = cfg.data if self.sources else as_location(cfg.data) if cfg.data else self._demo_data()
+        manifests = {s.name: read_manifest(as_location(s.location)) for s in self.sources} if self.sources else {"data": read_manifest(self.data_dir)}
+        self.manifest = next(iter(manifests.values()))  # window length: every source has the same (MixedStream checks)
+        distributed.check_consistent(manifests, "data manifest", hint=f"{self.data_dir} differs between nodes: give every node the same shards (tools/make_shards.py --verify)")
         # On resume the tokenizer comes from the checkpoint (a BPE directory may have moved since).
         self.tokenizer = load_tokenizer(self.resume_dir / ckpt.TOKENIZER_DIR) if self.resume_dir else get_tokenizer(cfg.tokenizer)
         self.mcfg = model_config(cfg.model, vocab_size=self.tokenizer.vocab_size, kmer_basis=kmer_basis_k(self.tokenizer) if cfg.kmer_basis else 0)
@@ -193,12 +197,19 @@ class Trainer:
     def _setup_streams(self) -> None:
         cfg = self.cfg
         stream_cfg = StreamConfig(split="train", micro_batch=self.micro, num_workers=cfg.num_workers, seed=cfg.seed, reverse_complement=cfg.reverse_complement)
-        self.stream = WindowStream(self.data_dir, stream_cfg, rank=self.rank, world_size=self.world, tokenizer=self.tokenizer, max_tokens=self.max_tokens, start_batch=self.batches_consumed)
+        common = dict(rank=self.rank, world_size=self.world, tokenizer=self.tokenizer, max_tokens=self.max_tokens)
+        val_cfg = StreamConfig(split="val", micro_batch=self.micro, num_workers=0, seed=cfg.seed, shuffle=False)
         # The held-out stream is built once; each evaluation restarts it at its first batch.
         self.val_stream = None
+        if self.sources:
+            self.stream = MixedStream(self.sources, stream_cfg, start_batch=self.batches_consumed, **common)
+            self.source_windows = {s.name: int(n) * self.micro for s, n in zip(self.sources, self.stream.source_position(self.batches_consumed))}
+            if all(st.manifest_has_val for st in self.stream.streams):
+                self.val_stream = MixedStream(self.sources, val_cfg, **common)
+            return
+        self.stream = WindowStream(self.data_dir, stream_cfg, start_batch=self.batches_consumed, **common)
         if self.manifest["splits"]["val"]["shards"]:
-            val_cfg = StreamConfig(split="val", micro_batch=self.micro, num_workers=0, seed=cfg.seed, shuffle=False)
-            self.val_stream = WindowStream(self.data_dir, val_cfg, rank=self.rank, world_size=self.world, tokenizer=self.tokenizer, max_tokens=self.max_tokens)
+            self.val_stream = WindowStream(self.data_dir, val_cfg, **common)
 
     def _resolved_config(self) -> dict:
         return {
@@ -212,6 +223,7 @@ class Trainer:
             # Where the first weights came from; a resumed run keeps what its checkpoint recorded.
             "init_from": (read_json_or_none(self.resume_dir / ckpt.CONFIG) or {}).get("init_from") if self.resume_dir else self.init_source,
             "data_manifest": {k: self.manifest[k] for k in ("window_config", "totals")},
+            "data_mix": [dataclasses.asdict(src) for src in self.sources] if self.sources else None,
         }
 
     # -- the loop ----------------------------------------------------------------------------------
@@ -246,6 +258,9 @@ class Trainer:
         finally:
             self.close()
         summary.update(final_step=self.step, losses=losses, batches_consumed=self.batches_consumed)
+        if self.sources:  # this rank's windows per source since step 0 (every rank follows the weights)
+            summary["source_windows"] = dict(self.source_windows)
+            summary["source_shares"] = source_shares(self.source_windows)
         if self.device.type == "cuda":
             summary["peak_memory_gib"] = torch.cuda.max_memory_allocated(self.device) / 2**30
         if self.is_main:
@@ -265,6 +280,8 @@ class Trainer:
             t0 = time.perf_counter()
             batch = next(self.loader)
             self.meter.data_wait += time.perf_counter() - t0
+            if self.sources:
+                self.source_windows[self.sources[batch["source"]].name] += len(batch["input_ids"])
             ids, attn = split_windows(*to_device(batch, self.device), seq_len)
             masked, labels, mstats = apply_masking(
                 ids, cfg=self.masking, k=self.span_k, global_step=step, seed=cfg.seed, rank=self.rank, micro_step=micro_step,
@@ -300,6 +317,10 @@ class Trainer:
         t = Throughput(tokens_per_s=tokens_per_s, mfu=mfu, data_wait_share=window["data_wait_share"],
                        seconds_per_step=window["seconds"] / max(1, window["steps"]), grad_norm=float(gnorm) if gnorm is not None else float("nan"))
         self.logger.log(r, t, self.batches_consumed)
+        if self.sources and self.is_main:
+            shares = source_shares(self.source_windows)
+            log.info("data mix at step %d (windows of rank 0): %s", r.step, ", ".join(
+                f"{s.name} {shares[s.name]:.3f} ({self.source_windows[s.name]}; weight {s.weight:g})" for s in self.sources))
         return {"tokens_per_s": tokens_per_s, "mfu": mfu}
 
     @torch.no_grad()
