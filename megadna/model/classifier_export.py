@@ -28,9 +28,10 @@ import torch
 
 from megadna.errors import InputError
 from megadna.jsonfile import read_json, replace_dir, write_json, write_text
-from megadna.model.bert import Bert, config_from_hf
+from megadna.model.bert import Bert
 from megadna.model.export import ExportVerificationError, random_sequences
 from megadna.model.heads import BertClassifier
+from megadna.model.shapes import config_from_hf
 from megadna.tokenizers import DNATokenizer, load_tokenizer
 
 CLASSIFIER_META = "megadna_classifier.json"

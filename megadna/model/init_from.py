@@ -56,8 +56,8 @@ def init_state(path, tokenizer, mcfg: ModelConfig) -> tuple[dict[str, torch.Tens
 
 def _read_hf_dir(d: Path) -> tuple[dict[str, torch.Tensor], list[str], ModelConfig, dict]:
     from megadna.jsonfile import read_json
-    from megadna.model.bert import config_from_hf
     from megadna.model.pretrained import _read_safetensors
+    from megadna.model.shapes import config_from_hf
 
     if not (d / "config.json").is_file():
         raise InputError(f"--init_from {d}: no config.json; not a Hugging Face model directory")

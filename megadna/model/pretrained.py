@@ -33,7 +33,7 @@ from megadna.errors import InputError
 from megadna.integrity import weights_only
 from megadna.jsonfile import read_json
 from megadna.model import BertForMLM, ModelConfig
-from megadna.model.bert import config_from_fields, config_from_hf
+from megadna.model.shapes import config_from_fields, config_from_hf
 from megadna.rundir import RunDir
 from megadna.tokenizers import DNATokenizer, load_tokenizer
 from megadna.tokenizers.base import CONFIG_FILE as TOKENIZER_FILE
