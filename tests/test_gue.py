@@ -374,3 +374,18 @@ def test_save_models_best_keeps_the_seed_with_the_best_dev_mcc(shared_data, tmp_
     assert kept["best_dev"] == max(devs.values()) and kept["metric"] == "mcc" and devs[kept["seed"]] == max(devs.values())
     run_gue(_quick(gue_dir=str(shared_data / "gue"), output_dir=str(tmp_path / "none"), datasets="tf/0", seeds="42", save_models="none"))
     assert not (tmp_path / "none" / "models").exists()
+
+
+def test_a_folder_written_before_the_newer_fields_is_read_back(real_run, monkeypatch):
+    """Run keys written before head_pooling/problem/head_init/freeze_encoder_steps existed are read as
+    having the values those runs used (eval.config.ADDED_FIELDS): reused, not refused."""
+    from megadna.eval.config import ADDED_FIELDS
+
+    cfg, results = real_run
+    out = Path(cfg.output_dir)
+    for marker in (out / "runs").glob("*.json"):
+        record = json.loads(marker.read_text())
+        record["run_key"] = {k: v for k, v in record["run_key"].items() if k not in ADDED_FIELDS}
+        marker.write_text(json.dumps(record))
+    monkeypatch.setattr(gue, "finetune", lambda *a, **k: pytest.fail("a finished run was redone"))
+    assert run_gue(cfg)["datasets"] == results["datasets"]

@@ -167,9 +167,15 @@ class GUEConfig:
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
 
 
+# GUEConfig fields added after output folders were first written, with the value every run before
+# them used: a finished run's key that lacks one is read as having that value (gue.read_finished),
+# so old folders are reused, not refused. A new field that changes results gets a line here.
+ADDED_FIELDS = {"head_pooling": "cls", "problem": "auto", "head_init": "random", "freeze_encoder_steps": 0}
+
+
 def key_defaults() -> dict:
-    """Every GUEConfig field's default: a run key written before a field existed had that field's default."""
-    return {f.name: f.default for f in dataclasses.fields(GUEConfig) if f.default is not dataclasses.MISSING}
+    """The values of ADDED_FIELDS (see there)."""
+    return dict(ADDED_FIELDS)
 
 
 def _numbers(text: str, kind, flag: str) -> list:
