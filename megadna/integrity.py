@@ -30,6 +30,7 @@ CHUNK = 1 << 22
 # DeepSpeed's plain data classes found in its checkpoint files (module, name), imported on first use.
 ALLOWED = (
     ("deepspeed.runtime.fp16.loss_scaler", "LossScaler"),
+    ("deepspeed.runtime.fp16.loss_scaler", "DynamicLossScaler"),  # fp16 runs (z2_fp16.json)
     ("deepspeed.runtime.zero.config", "ZeroStageEnum"),
     ("deepspeed.utils.tensor_fragment", "fragment_address"),
 )

@@ -1,5 +1,6 @@
 """Weighted mixing of shard sets (megadna.data.mixing): shares follow the weights, each batch is its
-source's own next batch, and the position survives a resume and a change of loader workers."""
+source's own next batch, loader workers serve the batches in order, and a resume is exact (and refused
+when the mix changed)."""
 
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ def test_spec_forms_and_errors(tmp_path):
     assert [(s.name, s.weight, s.location) for s in srcs] == [("worm", 0.7, "shards/a"), ("plant", 0.3, "https://h:8000/x")]
     (tmp_path / "mix.json").write_text(json.dumps({"sources": [{"name": "a", "weight": 2, "data": "x"}, {"name": "b", "weight": 1, "data": "y"}]}))
     assert [s.weight for s in parse_mix(str(tmp_path / "mix.json"))] == [2.0, 1.0]
-    for bad, msg in (("a=0.5:x", "at least two sources"), ("a=0:x,b=1:y", "weights must be > 0"), ("a=x:x,b=1:y", "not a number"),
+    for bad, msg in (("a=0.5:x", "at least two sources"), ("a=0:x,b=1:y", "finite and > 0"), ("a=inf:x,b=1:y", "finite and > 0"), ("a=x:x,b=1:y", "not a number"),
                      ("a=1:x,a=1:y", "each name once")):
         with pytest.raises(InputError, match=msg):
             parse_mix(bad)
@@ -45,6 +46,10 @@ def test_schedule_prefixes_hold_each_share_within_one():
     counts = np.cumsum(np.eye(3)[seq], axis=0)
     n = np.arange(1, len(seq) + 1)[:, None]
     assert len(seq) == 10 and np.all(np.abs(counts - n * np.array([0.7, 0.2, 0.1])) <= 1.0)
+    stream = MixedStream.__new__(MixedStream)  # source_position's cycle arithmetic against a plain count
+    stream.period, stream.rank, stream.world_size, stream.sources = seq, 1, 3, [None] * 3
+    for b in (0, 1, 9, 10, 11, 1234):
+        assert stream.source_position(b).tolist() == np.bincount(stream.source_of(np.arange(b)), minlength=3).tolist()
 
 
 def _stream(sources, workers=1, start=0, rank=0, world=1):
@@ -118,3 +123,6 @@ def test_training_on_a_mixture_resumes_exactly_and_reports_the_shares(real_shard
     assert straight["source_windows"] == resumed["source_windows"] and sum(straight["source_windows"].values()) == 8 * 8
     assert abs(straight["source_shares"]["worm"] - 0.7) <= 0.13  # 8 batches: within one batch of 0.7
     assert RunDir(tmp_path / "straight").read_config()["data_mix"][1]["name"] == "plant"
+    with pytest.raises(InputError, match=r"cannot resume exactly \(data mix \(name, weight\): checkpoint \[\('worm', 0.7\), \('plant', 0.3\)\], now \[\('worm', 0.5\)"):
+        train(TrainConfig(data=f"worm=0.5:{real_shards},plant=0.5:{plant_shards}", save_dir=str(tmp_path / "split"), max_steps=10, progress=False,
+                          eval_interval=0, num_workers=1), str(ROOT / "ds_configs" / "cpu_tiny.json"))

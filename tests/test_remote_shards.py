@@ -75,6 +75,7 @@ def test_http_and_pipe_give_the_batches_of_the_local_shards(real_shards, serve, 
     assert _first_batches(serve(), rank=rank) == local
     assert _first_batches(serve() + "/", rank=rank) == local
     assert _first_batches(f"pipe:cat {real_shards}/{{}}", rank=rank) == local
+    assert _first_batches(f"pipe:cat {real_shards}/{{}} -", rank=rank) == local  # the command may end in anything (aws s3 cp ... -)
 
 
 def test_training_from_a_url_equals_training_from_disk(real_shards, serve, tmp_path, single_rank):
@@ -112,6 +113,13 @@ def test_a_stalled_server_times_out_and_the_rank_gets_the_error_from_its_loader_
         next(batches)
     batches.close()
     assert time.monotonic() - t0 < 15
+
+
+def test_manifest_names_never_become_shell_syntax(tmp_path):
+    from megadna.data.remote import locate
+
+    assert locate("pipe:cat /d/{}", "train/x;touch pwned") == "pipe:cat /d/'train/x;touch pwned'"
+    assert locate("http://h/s", "train/a b#c") == "http://h/s/train/a%20b%23c"
 
 
 def test_missing_files_and_bad_pipe_forms_are_one_line(serve, tmp_path, monkeypatch):

@@ -7,15 +7,15 @@ The mental model: each source is its own shard set, read by its own `WindowStrea
 position. A micro batch comes from one source. Which one is a pure function of its place in the run:
 one fixed cycle of sources, the smooth weighted round-robin of the weights (in thousandths, reduced:
 0.7/0.3 is a cycle of 10), in which every stretch of consecutive places holds each source in its
-share to within one batch. Rank r reads the cycle from its own offset, r x cycle / world_size: its
-batch b is place (b + offset) of the cycle. So each rank's own share follows the weights to within one batch
-at every step, and at one step the ranks sit at different places of the cycle, so a global batch
+share to within about one batch (at most 1.33 for 5:1:1). Rank r reads the cycle from its own offset, r x cycle / world_size: its
+batch b is place (b + offset) of the cycle. So each rank's own share follows the weights to within about one
+batch at every step, and at one step the ranks sit at different places of the cycle, so a global batch
 mixes sources. A source's position is the number of earlier batches of this rank that came from it:
 the run's data position stays one integer (batches consumed per rank) and a resume is exact.
 
 With more than one DataLoader worker, a worker serves every num_workers-th batch of the rank, which
 may be any source's batch of any of its slots: each worker reads what it needs of every slot of its
-rank (reading grows with num_workers; tokenizing does not). Every source must have the same window
+rank (reading, and downloading for URL sources, grows with num_workers; tokenizing does not). Every source must have the same window
 length (one sequence length for the model).
 """
 
@@ -57,13 +57,13 @@ def parse_mix(spec: str) -> list[Source]:
         items = raw.get("sources") if isinstance(raw, dict) else None
         if not isinstance(items, list):
             raise InputError(f"{spec}: a mixing spec is {{\"sources\": [{{\"name\", \"weight\", \"data\"}}, ...]}}")
-        parts = [(str(i.get("name")), i.get("weight"), i.get("data")) if isinstance(i, dict) else (None, None, None) for i in items]
+        parts = [(i.get("name"), i.get("weight"), i.get("data")) if isinstance(i, dict) else (None, None, None) for i in items]
     else:
         parts = []
         for piece in spec.split(","):
             m = re.fullmatch(r"([^=]+)=([^:]+):(.+)", piece.strip())
             if not m:
-                raise InputError(f"--data {spec!r}: {piece!r} is not NAME=WEIGHT:LOCATION")
+                raise InputError(f"--data {spec!r}: {piece!r} is not NAME=WEIGHT:LOCATION (a location holding a comma: use a .json spec)")
             parts.append((m.group(1), m.group(2), m.group(3)))
     sources = []
     for name, weight, location in parts:
@@ -71,10 +71,10 @@ def parse_mix(spec: str) -> list[Source]:
             w = float(weight)
         except (TypeError, ValueError):
             raise InputError(f"--data {spec!r}: source {name!r} has weight {weight!r}, not a number") from None
-        if not name or not _NAME.fullmatch(name) or not isinstance(location, str) or not location:
+        if not isinstance(name, str) or not _NAME.fullmatch(name) or not isinstance(location, str) or not location:
             raise InputError(f"--data {spec!r}: each source needs a name (letters, digits, _ . -) and a location")
-        if not w > 0:
-            raise InputError(f"--data {spec!r}: source {name!r} has weight {w}; weights must be > 0")
+        if not (w > 0 and math.isfinite(w)):
+            raise InputError(f"--data {spec!r}: source {name!r} has weight {w}; weights must be finite and > 0")
         sources.append(Source(name, w, location))
     if len(sources) < 2 or len({s.name for s in sources}) != len(sources):
         raise InputError(f"--data {spec!r}: a mixture names at least two sources, each name once")
@@ -130,8 +130,12 @@ class MixedStream:
         return self.period[(np.asarray(b) + offset) % len(self.period)]
 
     def source_position(self, b: int) -> np.ndarray:
-        """How many of this rank's batches 0..b-1 came from each source: each source stream's position at b."""
-        return np.bincount(self.source_of(np.arange(b, dtype=np.int64)), minlength=len(self.sources)) if b else np.zeros(len(self.sources), dtype=np.int64)
+        """How many of this rank's batches 0..b-1 came from each source: each source stream's position at b
+        (whole cycles times the cycle's counts, plus the part of the last one)."""
+        k = len(self.sources)
+        whole, rest = divmod(int(b), len(self.period))
+        per_cycle = np.bincount(self.period, minlength=k)
+        return whole * per_cycle + np.bincount(self.source_of(np.arange(whole * len(self.period), b, dtype=np.int64)), minlength=k)
 
     def worker_start(self, dataloader_worker: int) -> tuple[int, int]:
         W = self.plan.num_workers

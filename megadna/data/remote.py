@@ -11,16 +11,20 @@ then checked against the manifest (size and sha256) exactly as a local one befor
 
 Failures are bounded and named: a fetch that errors, stalls past the timeout or ends short is retried
 (`MEGADNA_FETCH_RETRIES`, default 3, with 1, 2, 4 ... s pauses), then raises an InputError naming the
-URL or command; every socket operation has the `MEGADNA_FETCH_TIMEOUT_S` timeout (default 60 s) and a
-pipe command the same limit for the whole file. Nothing waits forever.
+URL or command; one attempt may take at most `MEGADNA_FETCH_TIMEOUT_S` (default 60 s) for the whole
+file (http: every socket operation and the whole body; pipe: the command, killed with its process
+group when over). Names from the manifest are quoted (shell for pipe:, URL for http).
 """
 
 from __future__ import annotations
 
 import os
+import shlex
+import signal
 import subprocess
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from http.client import HTTPException
 from pathlib import Path
@@ -47,8 +51,8 @@ def locate(base: str | Path, rel: str) -> str | Path:
         if "{}" not in base:
             raise InputError(f"--data {base!r}: a pipe: location needs {{}} where each file's path goes "
                              "(e.g. 'pipe:aws s3 cp s3://bucket/shards/{} -')")
-        return base.replace("{}", rel)
-    return base.rstrip("/") + "/" + rel
+        return base.replace("{}", shlex.quote(rel))  # a name from a manifest never becomes shell syntax
+    return base.rstrip("/") + "/" + urllib.parse.quote(rel)
 
 
 def _policy() -> tuple[float, int]:
@@ -86,10 +90,18 @@ class _NotFound(Exception):
 
 
 def _http(url: str, timeout: float) -> bytes:
+    """The body, read in chunks under one deadline for the whole file (a server that trickles bytes
+    cannot hold a rank longer than the timeout), checked against Content-Length."""
+    deadline = time.monotonic() + timeout
     try:
         with urllib.request.urlopen(url, timeout=timeout) as r:
-            data = r.read()
             declared = r.headers.get("Content-Length")
+            chunks = []
+            while chunk := r.read(1 << 20):
+                chunks.append(chunk)
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"the transfer took longer than {timeout:g} s")
+            data = b"".join(chunks)
     except urllib.error.HTTPError as e:
         if e.code == 404:
             raise _NotFound("HTTP 404: no such file on the server") from None
@@ -100,8 +112,15 @@ def _http(url: str, timeout: float) -> bytes:
 
 
 def _pipe(cmd: str, timeout: float) -> bytes:
-    r = subprocess.run(cmd, shell=True, capture_output=True, timeout=timeout)
-    if r.returncode != 0:
-        err = r.stderr.decode("utf-8", "replace").strip().splitlines()
-        raise OSError(f"exit {r.returncode}{': ' + err[-1] if err else ''}")
-    return r.stdout
+    """The command's stdout; on a timeout the whole process group is killed (a pipeline's children too)."""
+    p = subprocess.Popen(cmd, shell=True, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        out, err = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)
+        p.communicate()
+        raise
+    if p.returncode != 0:
+        lines = err.decode("utf-8", "replace").strip().splitlines()
+        raise OSError(f"exit {p.returncode}{': ' + lines[-1] if lines else ''}")
+    return out

@@ -271,7 +271,8 @@ def _open_shard(location, expect: dict | None):
         raise InputError(f"{path}: no such shard file (listed in {path.parent.parent / MANIFEST}?); re-make the shard set") from None
 
 
-def iter_shard(path, start: int = 0, stop: int | None = None, *, with_meta: bool = False, expect: dict | None = None) -> Iterator[tuple[bytes, dict | None]]:
+def iter_shard(path, start: int = 0, stop: int | None = None, *, with_meta: bool = False, expect: dict | None = None,
+               gz: bool | None = None) -> Iterator[tuple[bytes, dict | None]]:
     """Yield (bases, meta) for samples start..stop of one shard (a local path, or a URL form:
     megadna.data.remote). Samples before `start` are skipped without decoding. Raises CorruptShard,
     naming the shard and sample, when the shard is damaged.
@@ -280,13 +281,15 @@ def iter_shard(path, start: int = 0, stop: int | None = None, *, with_meta: bool
     and its sample count too when the whole shard is read. Without it the reader goes on to the end
     of the file after `stop`, so gzip's CRC and length, every tar header and the end of the archive are
     checked before it returns; a flipped bit none of these catch can only be in the member data of an
-    uncompressed `.tar` shard (the sha256 catches that one)."""
+    uncompressed `.tar` shard (the sha256 catches that one). `gz`: whether it is gzipped (default: the
+    path ends in .gz; a URL form passes it from the shard's name, as a pipe: command may end in anything)."""
     path = path if is_url(path) else Path(path)
+    gz = str(path).endswith(".gz") if gz is None else gz
     f, verified = _open_shard(path, expect)
     tar = None
     try:
         with f:
-            tar = _TarStream(gzip.GzipFile(fileobj=f, mode="rb") if str(path).endswith(".gz") else f)
+            tar = _TarStream(gzip.GzipFile(fileobj=f, mode="rb") if gz else f)
             for sample in _samples(tar, start, stop, with_meta):
                 if sample is not None:
                     yield _decode(sample, with_meta)

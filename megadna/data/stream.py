@@ -156,6 +156,7 @@ class WindowStream:
                 f"{self.plan.num_workers} worker(s) x micro batch {cfg.micro_batch}; make more windows or use fewer workers"
             )
         self.window_bp = manifest["window_config"]["window"]
+        self.manifest = manifest
         self.manifest_has_val = bool(manifest["splits"]["val"]["shards"])
 
     # -- sample level ----------------------------------------------------------------------------
@@ -185,7 +186,8 @@ class WindowStream:
                 pos += n
                 continue
             skip = max(0, start - pos)
-            yield from iter_shard(locate(self.dir, seg.shard), seg.start + skip, seg.stop, with_meta=with_meta, expect=self._entries[seg.shard])
+            yield from iter_shard(locate(self.dir, seg.shard), seg.start + skip, seg.stop, with_meta=with_meta, expect=self._entries[seg.shard],
+                                  gz=seg.shard.endswith(".gz"))
             pos += n
 
     def _fill(self, raw, size, epoch, slot, b) -> list:

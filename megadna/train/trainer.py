@@ -206,6 +206,8 @@ class Trainer:
             self.source_windows = {s.name: int(n) * self.micro for s, n in zip(self.sources, self.stream.source_position(self.batches_consumed))}
             if all(st.manifest_has_val for st in self.stream.streams):
                 self.val_stream = MixedStream(self.sources, val_cfg, **common)
+            elif self.is_main:
+                log.warning("held-out evaluation is off: not every source of the mix has val shards")
             return
         self.stream = WindowStream(self.data_dir, stream_cfg, start_batch=self.batches_consumed, **common)
         if self.manifest["splits"]["val"]["shards"]:
@@ -222,7 +224,8 @@ class Trainer:
             "max_tokens": self.max_tokens,
             # Where the first weights came from; a resumed run keeps what its checkpoint recorded.
             "init_from": (read_json_or_none(self.resume_dir / ckpt.CONFIG) or {}).get("init_from") if self.resume_dir else self.init_source,
-            "data_manifest": {k: self.manifest[k] for k in ("window_config", "totals")},
+            "data_manifest": {k: self.manifest[k] for k in ("window_config", "totals")} if not self.sources else
+                             {s.name: {k: st.manifest[k] for k in ("window_config", "totals")} for s, st in zip(self.sources, self.stream.streams)},
             "data_mix": [dataclasses.asdict(src) for src in self.sources] if self.sources else None,
         }
 
@@ -387,6 +390,10 @@ def _check_resumable(meta: dict, world: int, cfg: TrainConfig, micro: int, resum
     if (meta.get("model") or {}).get("kmer_basis", 0) != mcfg.kmer_basis:
         diff["kmer_basis (k)"] = ((meta.get("model") or {}).get("kmer_basis", 0), mcfg.kmer_basis)
     saved = read_json_or_none(resume_dir / ckpt.CONFIG) or {}
+    mix = [(m["name"], m["weight"]) for m in saved.get("data_mix") or []]
+    now = [(src.name, src.weight) for src in parse_mix(cfg.data)] if is_mix(cfg.data) else []
+    if mix != now:  # each source's position is derived from the weights and their order
+        diff["data mix (name, weight)"] = (mix or "(one shard set)", now or "(one shard set)")
     schedule = (saved.get("train") or {}).get("seq_len_schedule", "")
     if parse_schedule(schedule) != parse_schedule(cfg.seq_len_schedule):
         diff["seq_len_schedule"] = (schedule or "(none)", cfg.seq_len_schedule or "(none)")
