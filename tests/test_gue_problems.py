@@ -121,3 +121,14 @@ def test_problem_errors_name_the_file_and_line(datasets, tmp_path):
         run_gue(**_cfg(bad, tmp_path / "o2", datasets="expr/flat"))
     with pytest.raises(InputError, match="--mode probe fits a logistic regression, for classification datasets only"):
         run_gue(**_cfg(datasets, tmp_path / "o3", datasets="expr/gc", mode="probe"))
+
+
+def test_detection_and_number_syntax():
+    from megadna.eval.problems import detect, parse
+
+    assert detect(1, ["0", "1", "2"]) == "classification" and detect(1, ["0.5", "1", "-2e3"]) == "regression"
+    assert detect(2, ["0"]) == "multilabel"
+    assert detect(1, ["1", "٣"]) == "classification"  # not every label a number: the classification check names it
+    with pytest.raises(InputError, match="is not a number"):
+        parse("regression", ["٣"], "f.csv, line 2")  # float() would take it; labels are ASCII numbers
+    assert parse("regression", [" -1.5e-2 "], "x") == -0.015

@@ -196,6 +196,8 @@ def load_dataset(gue_dir, name: str, cfg: GUEConfig) -> dict[str, Split]:
             raise InputError(f"{where(folder / f'{s}.csv', line=1)}: label columns {','.join(rows[s].label_names)} differ from "
                              f"train.csv's ({','.join(rows['train'].label_names)})")
     problem = cfg.problem if cfg.problem != "auto" else detect(len(rows["train"].label_names), [c[0] for c in rows["train"].cells])
+    if cfg.problem == "auto" and problem != "classification":
+        log.info("%s: read as a %s dataset (--problem auto; pass --problem to say otherwise)", name, problem)
     splits = {s: _to_split(r, problem) for s, r in rows.items()}
     if problem == "classification":
         num_classes = check_labels(splits, folder)  # on the whole files, before any subset

@@ -31,6 +31,7 @@ PRIMARY = {"classification": "mcc", "regression": "pearson", "multilabel": "mcc"
 METRIC_NAMES = {"mcc": "MCC", "f1": "F1", "accuracy": "accuracy", "pearson": "Pearson r", "spearman": "Spearman rho", "mse": "MSE"}
 
 _CLASS = re.compile(r"[0-9]+")  # ASCII only: \d, str.isdigit and int() also accept other scripts' digits
+_NUMBER = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")  # ASCII only, as float() is not
 _MAX_CLASS_DIGITS = 9  # a class number, not an id: also keeps labels inside int64
 
 
@@ -38,7 +39,10 @@ def detect(n_label_columns: int, train_cells: list[str]) -> str:
     """The problem of a dataset from its label columns and train.csv's (first column's) label texts."""
     if n_label_columns > 1:
         return "multilabel"
-    return "classification" if all(_CLASS.fullmatch(c.strip()) for c in train_cells) else "regression"
+    if all(_CLASS.fullmatch(c.strip()) for c in train_cells):
+        return "classification"
+    # Regression only when every label reads as a number: a stray non-number stays a classification error.
+    return "regression" if all(_NUMBER.fullmatch(c.strip()) for c in train_cells) else "classification"
 
 
 def parse(problem: str, cells: list[str], place: str):
@@ -60,10 +64,9 @@ def parse(problem: str, cells: list[str], place: str):
         if len(text.lstrip("0")) > _MAX_CLASS_DIGITS:
             raise InputError(f"{place}: label {text} is not a class number (labels are 0..C-1 for C classes)")
         return int(text)
-    try:
-        value = float(text)
-    except ValueError:
-        raise InputError(f"{place}: label {text!r} is not a number") from None
+    if not _NUMBER.fullmatch(text):
+        raise InputError(f"{place}: label {text!r} is not a number (ASCII digits, optional sign, point and exponent)")
+    value = float(text)
     if not math.isfinite(value):
         raise InputError(f"{place}: label {text!r} is not a finite number")
     return value
