@@ -45,7 +45,7 @@ def init_state(path, tokenizer, mcfg: ModelConfig) -> tuple[dict[str, torch.Tens
     if is_megadna_dir(path):
         model, src_tok, info = load_pretrained(path)  # a k-mer basis is folded in: a plain table
         state, vocab, cfg = model.state_dict(), src_tok.vocab, model.config
-        source = {"path": str(path.resolve()), "kind": f"megadna {info['kind']}", "global_step": info["global_step"]}
+        source = {"path": str(Path(info["path"]).resolve()), "kind": f"megadna {info['kind']}", "global_step": info["global_step"]}
     else:
         state, vocab, cfg, source = _read_hf_dir(path)
     _check_shape(cfg, mcfg, path)
