@@ -30,7 +30,7 @@ from megadna.eval.finetune import autocast, batch_rows
 from megadna.eval.problems import class_scores as scores
 from megadna.jsonfile import read_json_or_none, write_json
 from megadna.model import Bert
-from megadna.model.heads import POOLINGS, pool
+from megadna.model.heads import POOLINGS, check_layer, pool
 
 log = logging.getLogger(__name__)
 
@@ -40,13 +40,6 @@ def hidden_states(bert: Bert, input_ids: torch.Tensor, attention_mask: torch.Ten
     return bert.hidden_states(input_ids, attention_mask)
 
 
-def _check_layer(bert: Bert, layer: int) -> None:
-    n = len(bert.encoder.layer)
-    if not -(n + 1) <= layer <= n:
-        raise InputError(f"--probe_layer {layer}: the model has {n} layers; use 0 (embeddings) to {n}, "
-                         f"or -1 (last) to {-(n + 1)}")
-
-
 @torch.no_grad()
 def features(bert: Bert, data: Encoded, layer: int, pooling: str, device: torch.device, batch_size: int, precision: str) -> np.ndarray:
     """Pooled features [n, hidden_size] float32 of every row of `data`, from hidden_states[layer].
@@ -54,7 +47,7 @@ def features(bert: Bert, data: Encoded, layer: int, pooling: str, device: torch.
     The encoder is moved to `device` (in place) and run in eval mode; its training flag is restored."""
     if pooling not in POOLINGS:
         raise InputError(f"--pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
-    _check_layer(bert, layer)
+    check_layer(bert, layer, "--probe_layer")
     n = len(data.labels)
     if n == 0:
         return np.zeros((0, bert.embeddings.word_embeddings.embedding_dim), dtype=np.float32)

@@ -36,7 +36,7 @@ from megadna.errors import InputError
 from megadna.eval.finetune import autocast, resolve_device
 from megadna.infer.inputs import PRECISIONS, Outputs, length_sorted_batches, model_inputs, progress_bar, read_sequences
 from megadna.model.bert import Bert, sdpa_mask
-from megadna.model.heads import POOLINGS, pool
+from megadna.model.heads import POOLINGS, check_layer, pool
 from megadna.tokenizers import DNATokenizer
 
 log = logging.getLogger(__name__)
@@ -71,15 +71,6 @@ class EmbedConfig:
     def paths(self) -> tuple[Path, Path]:
         """(PREFIX.npy, PREFIX.csv)."""
         return Path(self.out + ".npy"), Path(self.out + ".csv")
-
-
-def check_layer(bert: Bert, layer: int) -> int:
-    """The index into the num_layers + 1 hidden states (0 = embeddings) that `layer` names."""
-    n = len(bert.encoder.layer)
-    if not -(n + 1) <= layer <= n:
-        raise InputError(f"--layer {layer}: the model has {n} layers; use 0 (embeddings) to {n}, or -1 (the last) "
-                         f"to -{n + 1}")
-    return layer % (n + 1)
 
 
 def hidden_at(bert: Bert, input_ids: torch.Tensor, attention_mask: torch.Tensor, layer: int) -> torch.Tensor:

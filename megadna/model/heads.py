@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from megadna.errors import InputError
 from megadna.model.bert import Bert, ModelConfig
 
 POOLINGS = ("cls", "mean")  # what a head or a probe reads from the encoder's output
@@ -22,6 +23,15 @@ def pool(h: torch.Tensor, mask: torch.Tensor | None, pooling: str) -> torch.Tens
         return h.mean(1)
     m = mask.to(h.dtype).unsqueeze(-1)
     return (h * m).sum(1) / m.sum(1).clamp(min=1.0)
+
+
+def check_layer(bert: Bert, layer: int, flag: str = "--layer") -> int:
+    """The index into the num_layers + 1 hidden states (0 = the embedding output) that `layer` names
+    (negative: from the top); a layer the model lacks is an InputError naming `flag`."""
+    n = len(bert.encoder.layer)
+    if not -(n + 1) <= layer <= n:
+        raise InputError(f"{flag} {layer}: the model has {n} layers; use 0 (embeddings) to {n}, or -1 (the last) to -{n + 1}")
+    return layer % (n + 1)
 
 
 class BertClassifier(nn.Module):
