@@ -131,8 +131,9 @@ class HFEncoder(nn.Module):
         self.embeddings = nn.Module()
         self.embeddings.word_embeddings = model.get_input_embeddings()
 
-    def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> list[torch.Tensor]:
-        return list(self.model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True).hidden_states)
+    def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, upto: int | None = None) -> list[torch.Tensor]:
+        states = list(self.model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True).hidden_states)
+        return states if upto is None else states[: upto + 1]
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         return self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state

@@ -35,7 +35,7 @@ import torch
 from megadna.errors import InputError
 from megadna.eval.finetune import autocast, resolve_device
 from megadna.infer.inputs import PRECISIONS, Outputs, length_sorted_batches, model_inputs, progress_bar, read_sequences
-from megadna.model.bert import Bert, sdpa_mask
+from megadna.model.bert import Bert
 from megadna.model.heads import POOLINGS, check_layer, pool
 from megadna.tokenizers import DNATokenizer
 
@@ -75,12 +75,7 @@ class EmbedConfig:
 
 def hidden_at(bert: Bert, input_ids: torch.Tensor, attention_mask: torch.Tensor, layer: int) -> torch.Tensor:
     """`bert.hidden_states(input_ids, attention_mask)[layer]`, without running the layers above it."""
-    index = check_layer(bert, layer)
-    mask = sdpa_mask(attention_mask)
-    x = bert.embeddings(input_ids)
-    for block in bert.encoder.layer[:index]:
-        x = block(x, mask)
-    return x
+    return bert.hidden_states(input_ids, attention_mask, upto=check_layer(bert, layer))[-1]
 
 
 def window_starts(n_tokens: int, max_tokens: int, overlap_tokens: int) -> np.ndarray:

@@ -246,12 +246,13 @@ class Bert(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         return self.encoder(self.embeddings(input_ids), sdpa_mask(attention_mask))
 
-    def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> list[torch.Tensor]:
+    def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, upto: int | None = None) -> list[torch.Tensor]:
         """The embedding output, then each layer's output (HF's output_hidden_states): num_layers + 1
-        tensors [B, L, hidden_size]; the last is what `forward` returns."""
+        tensors [B, L, hidden_size]; the last is what `forward` returns. `upto`: stop after hidden
+        state `upto` (0 = the embeddings), without running the layers above it."""
         mask = sdpa_mask(attention_mask)
         out = [self.embeddings(input_ids)]
-        for layer in self.encoder.layer:
+        for layer in self.encoder.layer[:upto]:
             out.append(layer(out[-1], mask))
         return out
 
