@@ -204,3 +204,17 @@ def test_head_init_reads_standardised_train_features_and_frozen_steps_leave_the_
     assert any(not torch.equal(seen[2][k], v) for k, v in result["model"].bert.state_dict().items()) or result["best_step"] < 3
     if head_init == "probe":
         assert result["history"][0]["step"] == 0  # the probe's own state is a candidate, scored on dev first
+
+
+def test_head_features_are_computed_once_per_seed_and_change_nothing(shared_data, tmp_path, monkeypatch, one_torch_thread):
+    """--head_init standardize with an lr sweep: the frozen features are computed once per (dataset,
+    seed), not per lr, and the results are those of computing them per lr."""
+    calls = []
+    real = gue.head_features
+    monkeypatch.setattr(gue, "head_features", lambda *a, **k: calls.append(1) or real(*a, **k))
+    cfg = dict(head_init="standardize", head_pooling="mean", lr="1e-3,2e-3", seeds="1,2", save_models="none")
+    once = gue.run_gue(_cfg(shared_data, tmp_path / "once", **cfg))
+    assert len(calls) == 2  # two seeds, one dataset
+    monkeypatch.setattr(gue, "head_features", lambda *a, **k: None)  # finetune then computes them per lr
+    per_lr = gue.run_gue(_cfg(shared_data, tmp_path / "per_lr", **cfg))
+    assert once["datasets"][0]["per_seed"] == per_lr["datasets"][0]["per_seed"]

@@ -161,15 +161,25 @@ def _train_step(model: BertClassifier, opt, sched, data: Encoded, idx: torch.Ten
     return loss_sum
 
 
-def _data_head(model: BertClassifier, data: dict[str, Encoded], num_labels: int, cfg: GUEConfig, seed: int,
-               device: torch.device) -> None:
-    """--head_init standardize: the head reads the pooled vector standardised with the train rows'
-    statistics (frozen encoder, eval mode). probe: also start the head as the linear probe's solution
-    on those features (C chosen on dev, as --mode probe does)."""
-    from megadna.eval.probe import features, fit_linear
+def head_features(bert, data: dict[str, Encoded], pooling: str, cfg: GUEConfig, device: torch.device) -> dict[str, np.ndarray]:
+    """The frozen encoder's pooled features that --head_init standardize (train) and probe (train, dev)
+    read: the same for every lr of a sweep, so a caller computes them once per encoder."""
+    from megadna.eval.probe import features
 
     splits = ("train", "dev") if cfg.head_init == "probe" else ("train",)
-    feats = {s: features(model.bert, data[s], -1, model.pooling, device, cfg.eval_batch_size, cfg.precision) for s in splits}
+    return {s: features(bert, data[s], -1, pooling, device, cfg.eval_batch_size, cfg.precision) for s in splits}
+
+
+def _data_head(model: BertClassifier, data: dict[str, Encoded], num_labels: int, cfg: GUEConfig, seed: int,
+               device: torch.device, feats: dict[str, np.ndarray] | None = None) -> None:
+    """--head_init standardize: the head reads the pooled vector standardised with the train rows'
+    statistics (frozen encoder, eval mode). probe: also start the head as the linear probe's solution
+    on those features (C chosen on dev, as --mode probe does). `feats`: head_features of this very
+    encoder, when the caller has them."""
+    from megadna.eval.probe import fit_linear
+
+    splits = ("train", "dev") if cfg.head_init == "probe" else ("train",)
+    feats = feats or head_features(model.bert, data, model.pooling, cfg, device)
     as_tensor = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.float32, device=device)  # noqa: E731
     model.set_feature_stats(as_tensor(feats["train"].mean(0)), as_tensor(feats["train"].std(0)))
     if cfg.head_init != "probe":
@@ -204,11 +214,11 @@ def _order(seed: int, epoch: int, n: int) -> torch.Tensor:
 
 def finetune(backbone: Backbone, data: dict[str, Encoded], num_labels: int, recipe: Recipe, cfg: GUEConfig,
              seed: int, device: torch.device, desc: str, lr: float | None = None, rc_data: dict[str, Encoded] | None = None,
-             problem: str = "classification") -> dict:
+             problem: str = "classification", feats: dict[str, np.ndarray] | None = None) -> dict:
     """Fine-tune on data["train"] at `lr` (default: the first of cfg's), scoring data["dev"] along the way;
     returns the model holding its best dev state (under "model"; best by the problem's primary metric,
     "metric", e.g. MCC) and the run's figures. Test is not touched here: the caller scores the state
-    it selects, once."""
+    it selects, once. `feats`: head_features of the encoder this seed starts from (else computed here)."""
     lr = cfg.lr_list()[0] if lr is None else lr
     from transformers import get_linear_schedule_with_warmup
 
@@ -220,7 +230,7 @@ def finetune(backbone: Backbone, data: dict[str, Encoded], num_labels: int, reci
     if cfg.head_init != "random":
         if cfg.head_init == "probe" and problem != "classification":
             raise InputError(f"{desc}: --head_init probe fits a logistic regression, for classification only; use standardize")
-        _data_head(model, data, num_labels, cfg, seed, device)
+        _data_head(model, data, num_labels, cfg, seed, device, feats)
     opt = _optimizer(model, cfg, lr)
     n_train = len(data["train"].labels)
     steps_per_epoch = math.ceil(n_train / cfg.batch_size)

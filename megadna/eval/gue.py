@@ -34,7 +34,7 @@ from megadna.errors import InputError
 from megadna.eval import problems
 from megadna.eval.config import GUEConfig, key_defaults
 from megadna.eval.data import SPLITS, Split, select_datasets
-from megadna.eval.finetune import Backbone, finetune, load_backbone, resolve_device, score
+from megadna.eval.finetune import Backbone, finetune, head_features, load_backbone, resolve_device, score
 from megadna.eval.probe import fit_probe
 from megadna.eval.report import format_table, load_baselines, summarize, write_results
 from megadna.eval.task import Task, prepare_task, swap_tokenizer
@@ -204,11 +204,15 @@ def _finetune_unit(task: Task, rows: np.ndarray, cfg: GUEConfig, backbone: Backb
     """Fine-tune once per learning rate of the sweep; the best dev score (the problem's primary metric)
     wins (ties: the earlier lr); only the winner is scored on test."""
     data = {"train": task.train_rows(rows), "dev": task.encoded["dev"]}
+    extra = {}
+    if cfg.head_init != "random" and len(cfg.lr_list()) > 1:
+        # The encoder each lr starts from is the same (this seed's copy): its frozen features once, not per lr.
+        extra["feats"] = head_features(backbone.classifier(task.num_labels, seed, cfg.head_pooling).bert.to(device), data, cfg.head_pooling, cfg, device)
     best, sweep = None, {}
     for lr in cfg.lr_list():
         # `finetune` is looked up here at call time, so tests can replace megadna.eval.gue.finetune.
         result = finetune(backbone, data, task.num_labels, task.recipe, cfg, seed, device, desc=f"{desc} lr {lr:g}", lr=lr,
-                          rc_data=task.rc_encoded and {"dev": task.rc_encoded["dev"]}, problem=task.problem)
+                          rc_data=task.rc_encoded and {"dev": task.rc_encoded["dev"]}, problem=task.problem, **extra)
         sweep[f"{lr:g}"] = result["best_dev"]
         if best is None or result["best_dev"] > best["best_dev"]:
             best = {**result, "selected": {"lr": lr}}
