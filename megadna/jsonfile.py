@@ -11,6 +11,7 @@ markers) where "missing or unreadable" means "start again".
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -30,6 +31,22 @@ def write_text(path: str | Path, text: str) -> Path:
     tmp.write_text(text)
     os.replace(tmp, path)
     return path
+
+
+@contextlib.contextmanager
+def staged_dir(out: str | Path):
+    """Yield an empty hidden sibling of `out` to fill; when the block ends normally it replaces `out`
+    (`replace_dir`), when it raises it is deleted: nothing half-written ever stands under `out`."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        yield tmp
+        replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def replace_dir(new: str | Path, out: str | Path) -> None:

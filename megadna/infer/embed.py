@@ -34,7 +34,7 @@ import torch
 
 from megadna.errors import InputError
 from megadna.eval.finetune import autocast, resolve_device
-from megadna.infer.inputs import PRECISIONS, Outputs, length_sorted_batches, model_inputs, progress_bar, read_sequences
+from megadna.infer.inputs import Outputs, RunOptions, length_sorted_batches, model_inputs, progress_bar, read_sequences
 from megadna.model.bert import Bert
 from megadna.model.heads import POOLINGS, check_layer, pool
 from megadna.tokenizers import DNATokenizer
@@ -44,29 +44,25 @@ log = logging.getLogger(__name__)
 DEFAULT_OVERLAP = -1  # --window_overlap_bp: a quarter of the window's tokens
 
 
+def check_overlap(overlap_bp: int) -> None:
+    if overlap_bp < DEFAULT_OVERLAP:
+        raise InputError(f"--window_overlap_bp must be >= 0 (or -1 for a quarter of the window), got {overlap_bp}")
+
+
 @dataclass
-class EmbedConfig:
+class EmbedConfig(RunOptions):
     input: str = field(default="", metadata={"help": "FASTA (plain or gzipped), or a CSV (name ends in .csv) with a 'sequence' column and optionally 'id' or 'name'"})
     model: str = field(default="", metadata={"help": "a checkpoint directory, a run's save_dir, or an export (megadna export)"})
     out: str = field(default="", metadata={"help": "output prefix: writes PREFIX.npy (float32 [n, hidden_size], input order) and PREFIX.csv (row, id, length_bp, n_windows)"})
     pooling: str = field(default="mean", metadata={"help": "mean (over every position, [CLS]/[SEP] included) | cls"})
     layer: int = field(default=-1, metadata={"help": "hidden states pooled: -1 the last layer, 0 the embedding output, k layer k"})
-    batch_size: int = field(default=32, metadata={"help": "model inputs (windows) per forward pass"})
     window_overlap_bp: int = field(default=DEFAULT_OVERLAP, metadata={"help": "bp shared by consecutive windows of a sequence longer than the model; -1: a quarter of the window"})
-    device: str = field(default="auto", metadata={"help": "auto (CUDA when available) | cpu | cuda | cuda:N"})
-    precision: str = field(default="auto", metadata={"help": "auto (bf16 on a GPU with bf16, else fp32) | fp32 | bf16"})
-    overwrite: bool = field(default=False, metadata={"help": "replace PREFIX.npy / PREFIX.csv if they exist"})
-    progress: bool = field(default=True, metadata={"help": "tqdm progress bar on stderr"})
 
     def __post_init__(self):
         if self.pooling not in POOLINGS:
             raise InputError(f"--pooling {self.pooling!r}: choose one of {', '.join(POOLINGS)}")
-        if self.precision not in PRECISIONS:
-            raise InputError(f"--precision {self.precision!r}: choose one of {', '.join(PRECISIONS)}")
-        if self.batch_size < 1:
-            raise InputError(f"--batch_size must be at least 1, got {self.batch_size}")
-        if self.window_overlap_bp < DEFAULT_OVERLAP:
-            raise InputError(f"--window_overlap_bp must be >= 0 (or -1 for a quarter of the window), got {self.window_overlap_bp}")
+        self.check_run_options()
+        check_overlap(self.window_overlap_bp)
 
     def paths(self) -> tuple[Path, Path]:
         """(PREFIX.npy, PREFIX.csv)."""

@@ -13,7 +13,7 @@ import csv
 import io
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -28,6 +28,24 @@ from megadna.tokenizers.base import pack_rows
 from megadna.tokenizers.codes import normalize
 
 PRECISIONS = ("auto", "fp32", "bf16")  # auto: bf16 on a GPU that has it, fp32 on a CPU
+
+
+@dataclass
+class RunOptions:
+    """The flags every command on a trained model shares (embed, predict, score-variants); each
+    command's config extends it and calls `check_run_options` in its __post_init__."""
+
+    batch_size: int = field(default=32, metadata={"help": "model inputs (windows) per forward pass"})
+    device: str = field(default="auto", metadata={"help": "auto (CUDA when available) | cpu | cuda | cuda:N"})
+    precision: str = field(default="auto", metadata={"help": "auto (bf16 on a GPU with bf16, else fp32) | fp32 | bf16"})
+    overwrite: bool = field(default=False, metadata={"help": "replace the output file(s) if they exist"})
+    progress: bool = field(default=True, metadata={"help": "tqdm progress bar on stderr"})
+
+    def check_run_options(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise InputError(f"--precision {self.precision!r}: choose one of {', '.join(PRECISIONS)}")
+        if self.batch_size < 1:
+            raise InputError(f"--batch_size must be at least 1, got {self.batch_size}")
 
 
 @dataclass(frozen=True)

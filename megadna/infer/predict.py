@@ -29,8 +29,8 @@ import torch
 from megadna.errors import InputError
 from megadna.eval import problems
 from megadna.eval.finetune import autocast, resolve_device
-from megadna.infer.embed import DEFAULT_OVERLAP, merge_windows, per_window, tile
-from megadna.infer.inputs import PRECISIONS, Outputs, read_sequences
+from megadna.infer.embed import DEFAULT_OVERLAP, check_overlap, merge_windows, per_window, tile
+from megadna.infer.inputs import Outputs, RunOptions, read_sequences
 from megadna.model.heads import BertClassifier
 from megadna.tokenizers import DNATokenizer
 
@@ -38,24 +38,15 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class PredictConfig:
+class PredictConfig(RunOptions):
     input: str = field(default="", metadata={"help": "FASTA (plain or gzipped), or a CSV (name ends in .csv) with a 'sequence' column and optionally 'id' or 'name'"})
     model: str = field(default="", metadata={"help": "a fine-tuned model directory saved by megadna gue (output_dir/models/<task>__<dataset>[__n<size>]__seed<k|best>)"})
     out: str = field(default="", metadata={"help": "output CSV: row, id, length_bp, n_windows, then prediction(s) and probabilities"})
-    batch_size: int = field(default=32, metadata={"help": "model inputs (windows) per forward pass"})
     window_overlap_bp: int = field(default=DEFAULT_OVERLAP, metadata={"help": "bp shared by consecutive windows of a sequence longer than the model; -1: a quarter of the window"})
-    device: str = field(default="auto", metadata={"help": "auto (CUDA when available) | cpu | cuda | cuda:N"})
-    precision: str = field(default="auto", metadata={"help": "auto (bf16 on a GPU with bf16, else fp32) | fp32 | bf16"})
-    overwrite: bool = field(default=False, metadata={"help": "replace --out if it exists"})
-    progress: bool = field(default=True, metadata={"help": "tqdm progress bar on stderr"})
 
     def __post_init__(self):
-        if self.precision not in PRECISIONS:
-            raise InputError(f"--precision {self.precision!r}: choose one of {', '.join(PRECISIONS)}")
-        if self.batch_size < 1:
-            raise InputError(f"--batch_size must be at least 1, got {self.batch_size}")
-        if self.window_overlap_bp < DEFAULT_OVERLAP:
-            raise InputError(f"--window_overlap_bp must be >= 0 (or -1 for a quarter of the window), got {self.window_overlap_bp}")
+        self.check_run_options()
+        check_overlap(self.window_overlap_bp)
 
 
 @torch.no_grad()

@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from megadna.data.genome import read_fasta
 from megadna.errors import InputError, where
 from megadna.eval.finetune import autocast, resolve_device
-from megadna.infer.inputs import PRECISIONS, Outputs, Table, check_dna, length_sorted_batches, model_inputs, progress_bar, read_table
+from megadna.infer.inputs import Outputs, RunOptions, Table, check_dna, length_sorted_batches, model_inputs, progress_bar, read_table
 from megadna.model import BertForMLM
 from megadna.tokenizers import MASK_ID, N_SPECIAL, DNATokenizer
 
@@ -55,23 +55,16 @@ _POS = re.compile(r"[0-9]+")
 
 
 @dataclass
-class VariantConfig:
+class VariantConfig(RunOptions):
     input: str = field(default="", metadata={"help": "CSV with columns sequence,pos,ref,alt, or chrom,pos,ref,alt with --fasta; pos is 1-based; SNVs only"})
     model: str = field(default="", metadata={"help": "a checkpoint directory, a run's save_dir, or an export (megadna export)"})
     out: str = field(default="", metadata={"help": "output CSV: the input columns plus llr, logp_ref, logp_alt"})
     fasta: str = field(default="", metadata={"help": "genome FASTA (plain or gzipped) whose record names are the CSV's chrom values"})
     context_bp: int = field(default=0, metadata={"help": "reference bases the model sees around each variant; 0: as many as the model's positions hold"})
     batch_size: int = field(default=32, metadata={"help": "variants per forward pass"})
-    device: str = field(default="auto", metadata={"help": "auto (CUDA when available) | cpu | cuda | cuda:N"})
-    precision: str = field(default="auto", metadata={"help": "auto (bf16 on a GPU with bf16, else fp32) | fp32 | bf16"})
-    overwrite: bool = field(default=False, metadata={"help": "replace --out if it exists"})
-    progress: bool = field(default=True, metadata={"help": "tqdm progress bar on stderr"})
 
     def __post_init__(self):
-        if self.precision not in PRECISIONS:
-            raise InputError(f"--precision {self.precision!r}: choose one of {', '.join(PRECISIONS)}")
-        if self.batch_size < 1:
-            raise InputError(f"--batch_size must be at least 1, got {self.batch_size}")
+        self.check_run_options()
         if self.context_bp < 0:
             raise InputError(f"--context_bp must be >= 0 (0: as much as the model takes), got {self.context_bp}")
 

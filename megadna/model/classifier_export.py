@@ -19,15 +19,13 @@ megadna (`load_classifier`, `megadna predict`) reproduces the model; the card an
 from __future__ import annotations
 
 import copy
-import os
-import shutil
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from megadna.errors import InputError
-from megadna.jsonfile import read_json, replace_dir, write_json, write_text
+from megadna.jsonfile import read_json, staged_dir, write_json, write_text
 from megadna.model.bert import Bert
 from megadna.model.export import ExportVerificationError, random_sequences
 from megadna.model.heads import BertClassifier
@@ -72,14 +70,10 @@ def save_classifier(model: BertClassifier, tokenizer: DNATokenizer, out_dir, met
 
     if problem not in PROBLEMS:
         raise InputError(f"problem must be one of {', '.join(PROBLEMS)}, got {problem!r}")
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.parent / f".{out_dir.name}.partial-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
     model = copy.deepcopy(model).float().cpu().eval()  # the caller's model stays where and what it was
     meta = {"format": CLASSIFIER_FORMAT, "pooling": model.pooling, "problem": problem,
             "plain_transformers": model.pooling == "cls", **meta}
-    try:
+    with staged_dir(out_dir) as tmp:
         hf = BertForSequenceClassification(hf_config(model, problem, labels))
         hf.load_state_dict(to_hf_state(model), strict=True)
         hf.save_pretrained(str(tmp))
@@ -88,10 +82,6 @@ def save_classifier(model: BertClassifier, tokenizer: DNATokenizer, out_dir, met
         meta["verified_max_abs_logit_diff"] = _verify(tmp, model, tokenizer, atol)
         write_json(tmp / CLASSIFIER_META, meta)
         write_text(tmp / "README.md", _card(model, tokenizer, meta))
-        replace_dir(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return meta
 
 

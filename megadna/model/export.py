@@ -14,15 +14,13 @@ sibling directory, is reloaded with transformers and checked (tokenizer ids equa
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from megadna.errors import InputError
-from megadna.jsonfile import read_json, replace_dir, write_json, write_text
+from megadna.jsonfile import read_json, staged_dir, write_json, write_text
 from megadna.model import BertForMLM
 from megadna.model.pretrained import load_pretrained
 from megadna.tokenizers import DNATokenizer
@@ -57,12 +55,9 @@ def write_hf_dir(model: BertForMLM, tokenizer: DNATokenizer, out_dir, meta: dict
     out_dir = Path(out_dir)
     if out_dir.exists() and not overwrite:
         raise InputError(f"{out_dir}: already exists; pass --overwrite to replace it")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.parent / f".{out_dir.name}.partial-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
     model = model.float().materialized().cpu().eval()  # a k-mer basis folded in fp32: the export is plain BERT
     meta = dict(meta or {"format": EXPORT_FORMAT, "model": model.config.to_dict(), "tokenizer": tokenizer.to_dict()})
-    try:
+    with staged_dir(out_dir) as tmp:
         hf = BertForMaskedLM(model.config.to_hf_config())
         hf.load_state_dict(model.state_dict(), strict=True)
         hf.save_pretrained(str(tmp))  # config.json + model.safetensors (fp32; the tied decoder stored once)
@@ -71,10 +66,6 @@ def write_hf_dir(model: BertForMLM, tokenizer: DNATokenizer, out_dir, meta: dict
         meta["verified_max_abs_logit_diff"] = verify_hf_dir(tmp, model, tokenizer, atol=atol, seed=seed)
         write_json(tmp / EXPORT_META, meta)
         write_text(tmp / "README.md", model_card(model, tokenizer, meta))
-        replace_dir(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return meta
 
 
