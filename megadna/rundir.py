@@ -13,6 +13,9 @@
           tokenizer/           # the tokenizer, so a checkpoint exports on its own
         step00000200/
         ...
+      universal/
+        step00000200/          # a checkpoint in DeepSpeed's universal form, made when it is resumed on
+                               # another world size (megadna.train.elastic); its own megadna.json
 
 Every reader and writer of these names (trainer, pretrained loader, ablation, tests, demo) goes
 through `RunDir` and the functions below; no other module spells them.
@@ -75,6 +78,10 @@ class RunDir:
     @property
     def tensorboard(self) -> Path:
         return self.root / "tensorboard"
+
+    @property
+    def universal(self) -> Path:
+        return self.root / "universal"
 
     @property
     def demo_data(self) -> Path:

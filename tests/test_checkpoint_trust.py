@@ -88,7 +88,7 @@ def _fake_checkpoint(root: Path, step: int) -> Path:
     d = root / ckpt.tag_for(step)
     d.mkdir(parents=True)
     torch.save({"w": torch.ones(4)}, d / MODEL_STATES)
-    ckpt.write_meta(d, {"global_step": step, "batches_consumed": step})
+    ckpt.write_meta(d, {"global_step": step, "samples_consumed": step})
     return d
 
 
@@ -192,7 +192,7 @@ def test_payload_in_model_states_is_refused_by_the_weights_only_loader(run1, tmp
 def test_edited_step_in_the_marker_is_refused(run1, tmp_path, step):
     save, d = _copy(run1[1], tmp_path)
     meta = json.loads((d / ckpt.META).read_text())
-    (d / ckpt.META).write_text(json.dumps(meta | {"global_step": step, "batches_consumed": step}))
+    (d / ckpt.META).write_text(json.dumps(meta | {"global_step": step, "samples_consumed": step}))
     with pytest.raises(InputError, match=rf"{d.name}: the checkpoint contradicts itself \(global_step 4 in DeepSpeed's client state vs {step}"):
         _resume(run1, save)
 
@@ -205,9 +205,9 @@ def _resume_dir(run1, d):
 
 def test_edited_step_everywhere_but_deepspeeds_counter_is_refused(run1, tmp_path):
     _, d = _copy(run1[1], tmp_path)
-    _edit(d / MODEL_STATES, lambda s: s.update(global_step=3, batches_consumed=3))
+    _edit(d / MODEL_STATES, lambda s: s.update(global_step=3, samples_consumed=3))
     meta = ckpt.read_meta(d)
-    (d / ckpt.META).write_text(json.dumps(meta | {"global_step": 3, "batches_consumed": 3}))
+    (d / ckpt.META).write_text(json.dumps(meta | {"global_step": 3, "samples_consumed": 3}))
     _rehash(d)
     with pytest.raises(InputError, match=r"DeepSpeed's own global_steps 4 vs global_step 3"):
         _resume_dir(run1, d)

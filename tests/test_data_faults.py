@@ -23,7 +23,7 @@ MICRO_BATCH = 8  # ds_configs/cpu_tiny.json's train_micro_batch_size_per_gpu
 def _shards_of_rank(shard_dir, rank: int, world: int = 2) -> set[str]:
     """The train shards (relative paths) `rank` reads in epoch 0 with one loader worker and seed 0."""
     s = WindowStream(shard_dir, StreamConfig(micro_batch=MICRO_BATCH, num_workers=1, seed=0), rank=rank, world_size=world)
-    return {seg.shard for seg in s.plan.segments(0, rank)}
+    return {seg.shard for _, epoch, lane in s.lanes_read(s.batches_per_epoch) for seg in s.sets[0].order.lane_segments(epoch, lane)}
 
 
 def _rank_env(rank: int, port: int) -> dict:

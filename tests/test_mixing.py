@@ -1,6 +1,6 @@
-"""Weighted mixing of shard sets (megadna.data.mixing): shares follow the weights, each batch is its
-source's own next batch, loader workers serve the batches in order, and a resume is exact (and refused
-when the mix changed)."""
+"""Weighted mixing of shard sets (megadna.data.mixing): every global batch holds each source's quota,
+each source's samples are that source's own order, loader workers and world sizes give the same
+batches, and a resume is exact (and refused when the mix changed)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from megadna.data.mixing import MixedStream, is_mix, parse_mix, schedule
+from megadna.data.mixing import is_mix, parse_mix
+from megadna.data.order import quotas
 from megadna.data.stream import StreamConfig, WindowStream, make_loader
 from megadna.errors import InputError
 
@@ -40,59 +41,50 @@ def test_spec_forms_and_errors(tmp_path):
             parse_mix(bad)
 
 
-def test_schedule_prefixes_hold_each_share_within_one():
-    seq = schedule([0.7, 0.2, 0.1])
-    assert len(schedule([0.613, 0.387])) == 1000
-    counts = np.cumsum(np.eye(3)[seq], axis=0)
-    n = np.arange(1, len(seq) + 1)[:, None]
-    assert len(seq) == 10 and np.all(np.abs(counts - n * np.array([0.7, 0.2, 0.1])) <= 1.0)
-    stream = MixedStream.__new__(MixedStream)  # source_position's cycle arithmetic against a plain count
-    stream.period, stream.rank, stream.world_size, stream.sources = seq, 1, 3, [None] * 3
-    for b in (0, 1, 9, 10, 11, 1234):
-        assert stream.source_position(b).tolist() == np.bincount(stream.source_of(np.arange(b)), minlength=3).tolist()
+def test_quotas_follow_the_weights_by_largest_remainder():
+    assert quotas([0.7, 0.3], 16) == [11, 5] and quotas([0.7, 0.3], 256) == [179, 77] and quotas([0.6, 0.2, 0.2], 10) == [6, 2, 2]
+    assert quotas([1, 1, 1], 16) == [6, 5, 5] and sum(quotas([0.5, 0.25, 0.125, 0.125], 7)) == 7
+    with pytest.raises(InputError, match=r"no sample in a global batch of 8"):
+        quotas([0.99, 0.01], 8)
 
 
-def _stream(sources, workers=1, start=0, rank=0, world=1):
-    return MixedStream(sources, StreamConfig(micro_batch=4, num_workers=workers, seed=5), rank=rank, world_size=world, start_batch=start)
+def _stream(sources, workers=1, start=0, rank=0, world=1, micro=4, accum=1, order_batch=20):
+    return WindowStream(sources, StreamConfig(micro_batch=micro, accum=accum, num_workers=workers, seed=5, order_batch=order_batch), rank=rank,
+                        world_size=world, start_sample=start)
 
 
-def test_shares_follow_the_weights_and_each_batch_is_its_sources_next(real_shards, plant_shards):
+def test_shares_follow_the_weights_and_each_sources_samples_are_its_own_order(real_shards, plant_shards):
     sources = parse_mix(f"worm=0.7:{real_shards},plant=0.3:{plant_shards}")
-    mixed = _stream(sources)
-    it = mixed.batches(0, 0)
+    mixed = _stream(sources)  # rounds of 20: 14 worm, 6 plant
+    it = mixed.batches()
     got = [next(it) for _ in range(500)]  # 2,000 windows
-    share = np.mean([b["source"] == 0 for b in got])
-    assert abs(share - 0.7) <= 0.03
-    for s, src in enumerate(sources):  # batch k of a source in the mix is that source's own batch k
-        own = WindowStream(src.location, StreamConfig(micro_batch=4, num_workers=1, seed=5)).batches(0, 0)
-        mine = [b["seqs"] for b in got if b["source"] == s]
-        assert mine == [next(own)["seqs"] for _ in mine]
-    # two ranks: each follows the weights, from its own place in the cycle, so a global batch mixes sources
-    r0, r1 = (_stream(sources, rank=r, world=2) for r in (0, 1))
-    b = np.arange(250)
-    assert all(abs(np.mean(r.source_of(b) == 0) - 0.7) <= 0.01 for r in (r0, r1))
-    assert 0.3 < np.mean(r0.source_of(b) != r1.source_of(b)) < 0.7
+    src = np.concatenate([b["sources"] for b in got])
+    assert abs(np.mean(src == 0) - 0.7) <= 0.03 and mixed.source_counts(2000).tolist() == [1400, 600]
+    assert all(np.sum(src[i:i + 20] == 0) == 14 for i in range(0, 2000, 20))  # every global batch of 20 holds the quota
+    seqs = [x for b in got for x in b["seqs"]]
+    for s, (source, quota) in enumerate(zip(sources, mixed.quotas)):  # a source's samples in the mix are its own order at its quota
+        own = WindowStream(source.location, StreamConfig(micro_batch=quota, num_workers=1, seed=5)).batches()
+        mine = [x for x, k in zip(seqs, src) if k == s]
+        assert mine == [x for _ in range(len(mine) // quota) for x in next(own)["seqs"]]
 
 
-@pytest.mark.parametrize("workers", [1, 2])
-def test_loader_workers_serve_the_batches_in_order_and_a_resume_continues_them(real_shards, plant_shards, workers):
-    """The worker count is part of the data position (each source's slots depend on it, as for one
-    shard set): for a given count, the loader's batches are the stream's, and a resume continues them."""
+@pytest.mark.parametrize("workers", [0, 2])
+def test_loader_workers_and_world_sizes_give_the_same_batches_and_a_resume_continues_them(real_shards, plant_shards, workers):
     sources = parse_mix(f"worm=0.7:{real_shards},plant=0.3:{plant_shards}")
 
-    def loaded(start, n):
-        batches = iter(make_loader(_stream(sources, workers=workers, start=start)))
+    def loaded(start, n, **kw):
+        batches = iter(make_loader(_stream(sources, workers=workers, start=start, **kw)))
         try:
-            return [(b["source"], b["seqs"]) for b in (next(batches) for _ in range(n))]
+            return [(s, x) for b in (next(batches) for _ in range(n)) for s, x in zip(b["sources"].tolist(), b["seqs"])]
         finally:
             batches.close()
 
-    stream = _stream(sources, workers=workers)
-    per_worker = [stream.batches(w, 0) for w in range(workers)]
-    expected = [next(per_worker[b % workers]) for b in range(60)]
     straight = loaded(0, 60)
-    assert straight == [(b["source"], b["seqs"]) for b in expected]
-    assert loaded(37, 23) == straight[37:]  # resumed mid-way: bitwise the same continuation
+    assert [(int(s), x) for b in (next(it) for it in [_stream(sources).batches()] for _ in range(60)) for s, x in zip(b["sources"], b["seqs"])] == straight
+    assert loaded(37 * 4, 23) == straight[37 * 4:]  # resumed mid-way: bitwise the same continuation
+    # Two ranks with 2-window micro batches: the same global batches of 20 (rank 0 holds the first 10 of each).
+    r0, r1 = (loaded(0, 30, rank=r, world=2, micro=2, accum=5) for r in (0, 1))
+    assert [x for g in range(6) for x in r0[10 * g:10 * g + 10] + r1[10 * g:10 * g + 10]] == straight[:120]
 
 
 def test_sources_with_other_window_lengths_are_refused(real_shards, shared_data, tmp_path):
@@ -120,8 +112,7 @@ def test_training_on_a_mixture_resumes_exactly_and_reports_the_shares(real_shard
     resumed = run("split")
     assert resumed["start_step"] == 4
     assert [r["loss"] for r in RunDir(tmp_path / "split").read_metrics()] == [r["loss"] for r in RunDir(tmp_path / "straight").read_metrics()]
-    assert straight["source_windows"] == resumed["source_windows"] and sum(straight["source_windows"].values()) == 8 * 8
-    assert abs(straight["source_shares"]["worm"] - 0.7) <= 0.13  # 8 batches: within one batch of 0.7
+    assert straight["source_windows"] == resumed["source_windows"] == {"worm": 6 * 8, "plant": 2 * 8}  # 8 windows a step: quotas 6/2
     assert RunDir(tmp_path / "straight").read_config()["data_mix"][1]["name"] == "plant"
     with pytest.raises(InputError, match=r"cannot resume exactly \(data mix \(name, weight\): checkpoint \[\('worm', 0.7\), \('plant', 0.3\)\], now \[\('worm', 0.5\)"):
         train(TrainConfig(data=f"worm=0.5:{real_shards},plant=0.5:{plant_shards}", save_dir=str(tmp_path / "split"), max_steps=10, progress=False,

@@ -119,7 +119,7 @@ def test_two_node_job_trains_one_world_and_writes_one_checkpoint(two_node_run):
     assert len(list(RunDir(save).checkpoints.rglob(ckpt.META))) == 1
     assert sorted(p.name for p in d.glob("*.pt")) == ["mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_optim_states.pt", "zero_pp_rank_1_mp_rank_00_optim_states.pt"]
     meta = ckpt.read_meta(d)
-    assert meta["world_size"] == 2 and meta["batches_consumed"] == STEPS
+    assert meta["world_size"] == 2 and meta["samples_consumed"] == STEPS * 2 * 8 and meta["order_batch"] == 16
 
 
 @pytest.mark.slow
@@ -139,20 +139,21 @@ def test_two_node_job_ranks_hold_identical_weights(two_node_run):
 
 @pytest.mark.slow
 def test_two_node_job_ranks_read_disjoint_data(two_node_run):
-    """The data plan of the run (world size 2, one worker, micro batch and seed of the run's config):
-    rank r reads slot r of each epoch, node 0's rank the first half of the shuffled epoch, node 1's the
-    second; the two share no window and get the same number of batches."""
+    """The data order of the run (world size 2, micro batch and seed of the run's config): global batches
+    of 16 take one sample from each of 16 lanes; rank r's half of every batch comes from lanes 8r..8r+7
+    for the whole epoch, so node 0's rank and node 1's read disjoint windows."""
     from megadna.data.stream import StreamConfig, WindowStream
 
     cfg = json.loads(RunDir(two_node_run["save"]).config.read_text())
     sc = StreamConfig(split="train", micro_batch=cfg["deepspeed"]["train_micro_batch_size_per_gpu"], num_workers=cfg["train"]["num_workers"], seed=cfg["train"]["seed"])
     streams = [WindowStream(two_node_run["data"], sc, rank=r, world_size=cfg["world_size"]) for r in (0, 1)]
-    assert streams[0].plan.batches_per_rank == streams[1].plan.batches_per_rank > 0
+    assert cfg["data_order"] == {"order_batch": 16, "quotas": [16], "lanes": [16]}
     windows = []
     for r, s in enumerate(streams):
-        slot = r * s.plan.num_workers  # this rank's first (only) worker slot
-        got = [(m["source"], m["contig"], m["start"], m["strand"]) for _, m in s.slot_samples(0, slot, with_meta=True)]
-        assert len(got) == len(set(got)) == s.plan.samples_per_slot
+        lanes = s.lanes_read(s.batches_per_epoch)
+        assert lanes == {(0, 0, lane) for lane in range(8 * r, 8 * r + 8)}
+        got = [(m["source"], m["contig"], m["start"], m["strand"]) for _, _, lane in lanes for _, m, _ in s.lane_samples(0, 0, lane, with_meta=True)]
+        assert len(got) == len(set(got)) == s.batches_per_epoch * 8
         windows.append(set(got))
     assert not windows[0] & windows[1]
 

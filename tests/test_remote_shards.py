@@ -65,7 +65,7 @@ def serve(real_shards):
 
 def _first_batches(location, n: int = 4, rank: int = 0) -> list[list[bytes]]:
     stream = WindowStream(location, StreamConfig(micro_batch=4, num_workers=1, seed=3), rank=rank, world_size=2)
-    it = stream.batches(0, 0)
+    it = stream.batches()
     return [next(it)["seqs"] for _ in range(n)]
 
 
@@ -147,7 +147,7 @@ def test_a_damaged_remote_shard_is_refused_by_its_sha256(real_shards, tmp_path, 
         url = f"http://127.0.0.1:{srv.server_address[1]}"
         stream = WindowStream(url, StreamConfig(micro_batch=4, num_workers=1, shuffle=False), rank=0, world_size=1)
         with pytest.raises(InputError, match=rf"{url}/train/{shard.name}: corrupt or truncated: its sha256 differs from the manifest's\. Re-make it where it is stored"):
-            list(zip(range(10_000), stream.batches(0, 0)))
+            list(zip(range(10_000), stream.batches()))
     finally:
         srv.shutdown()
         srv.server_close()

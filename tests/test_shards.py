@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from megadna.data.genome import WindowConfig, iter_windows, read_fasta
+from megadna.data.order import Deal, SetOrder, lanes_for
 from megadna.data.shard_writer import ShardConfig, write_shards
 from megadna.data.shards import MANIFEST, CorruptShard, file_sha256, iter_shard, read_manifest, verify_shards
-from megadna.data.stream import EpochPlan, StreamConfig, WindowStream, make_loader
+from megadna.data.stream import StreamConfig, WindowStream, make_loader
 from megadna.errors import InputError
 
 
@@ -167,69 +168,104 @@ def test_make_shards_out_that_is_a_file_is_one_line(tmp_path, capsys):
 def _stream(out, **kw):
     rank = kw.pop("rank", 0)
     world = kw.pop("world_size", 1)
-    start = kw.pop("start_batch", 0)
-    return WindowStream(out, StreamConfig(**kw), rank=rank, world_size=world, start_batch=start)
+    start = kw.pop("start_sample", 0)
+    return WindowStream(out, StreamConfig(**kw), rank=rank, world_size=world, start_sample=start)
 
 
-def test_two_ranks_two_workers_see_disjoint_windows_covering_the_epoch(athal_shards):
+def _read_epoch(s, epoch=0, *, with_meta=False):
+    """Every sample of one epoch of a one-set stream, lane by lane."""
+    return [x for lane in range(s.sets[0].order.lanes) for x in s.lane_samples(0, epoch, lane, with_meta=with_meta)]
+
+
+def _global_batches(out, n, *, world, accum, micro, workers, start=0, **kw):
+    """The sample ids of global batches 0..n-1 (from `start`), each in part order, read through the
+    real DataLoader of every rank."""
+    per_rank = []
+    for rank in range(world):
+        it = iter(make_loader(_stream(out, rank=rank, world_size=world, micro_batch=micro, accum=accum, num_workers=workers, start_sample=start, **kw)))
+        per_rank.append([next(it) for _ in range(n * accum)])
+        it.close()
+    out = []
+    for g in range(n):
+        parts = [b for r in range(world) for b in per_rank[r][g * accum:(g + 1) * accum]]
+        assert [b["part"] for b in parts] == list(range(world * accum))
+        out.append([(int(i), bytes(x)) for b in parts for i, x in zip(b["sample_ids"], b["seqs"])])
+    return out
+
+
+def test_global_batches_are_the_same_for_any_world_size_workers_accumulation_and_micro_batch(athal_shards):
+    _, out, _, _ = athal_shards
+    kw = dict(seed=5, shuffle_block=64, reverse_complement=0.5, order_batch=16)
+    ref = _global_batches(out, 6, world=1, accum=1, micro=16, workers=0, **kw)
+    assert len({i for g in ref for i, _ in g}) == 6 * 16
+    for world, accum, micro, workers in [(2, 1, 8, 2), (4, 2, 2, 1), (1, 4, 4, 3), (2, 2, 4, 0)]:
+        assert _global_batches(out, 6, world=world, accum=accum, micro=micro, workers=workers, **kw) == ref, (world, accum, micro, workers)
+    # A resume at global batch 4 on another shape continues the same sequence.
+    assert _global_batches(out, 2, world=2, accum=1, micro=8, workers=2, start=4 * 16, **kw) == ref[4:]
+
+
+def test_an_epoch_reads_every_window_once_except_fewer_than_a_round(athal_shards):
     _, out, _, m = athal_shards
-    epoch = 1
-    per_rank = {}
-    for rank in range(2):
-        s = _stream(out, micro_batch=4, num_workers=2, seed=5, rank=rank, world_size=2)
-        keys = []
-        for w in range(2):
-            slot = rank * 2 + w
-            keys += [(meta["contig"], meta["start"]) for _, meta in s.slot_samples(epoch, slot, with_meta=True)]
-        per_rank[rank] = keys
-    plan = s.plan
-    assert len(per_rank[0]) == len(per_rank[1]) == plan.samples_per_slot * 2
-    assert not set(per_rank[0]) & set(per_rank[1])
-    assert len(set(per_rank[0])) == len(per_rank[0])
-    # The union is the epoch: every training window except fewer than slots x micro_batch left out.
+    s = _stream(out, micro_batch=8, world_size=3, seed=5)  # order_batch 24: 24 lanes of one sample per round
+    o = s.sets[0].order
+    assert (o.lanes, o.chunk) == (24, 1)
     total = m["splits"]["train"]["windows"]
-    union = set(per_rank[0]) | set(per_rank[1])
-    assert total - plan.slots * plan.micro_batch < len(union) <= total
-    # ...and a different epoch leaves out different windows (the shard order is re-drawn).
-    other = {(meta["contig"], meta["start"]) for _, meta in s.slot_samples(epoch + 1, 0, with_meta=True)}
-    assert other != set(per_rank[0][: len(other)])
+    ids = [s.locate(p) for p in range(o.epoch_len)]
+    located = [(s.sets[0].order.locate(sp)) for _, sp in ids]
+    assert {e for e, _, _ in located} == {0}
+    keys = [(meta["contig"], meta["start"]) for _, meta, _ in _read_epoch(s, with_meta=True)]
+    assert len(keys) == len(set(keys)) == o.epoch_len and total - 24 < o.epoch_len <= total
+    # A different epoch leaves out different windows (the shard order is re-drawn).
+    other = {(meta["contig"], meta["start"]) for _, meta, _ in _read_epoch(s, 1, with_meta=True)}
+    assert other != set(keys)
 
 
-def test_epoch_plan_divides_exactly_when_counts_allow():
-    plan = EpochPlan(tuple((f"s{i}", 10) for i in range(8)), world_size=2, num_workers=2, micro_batch=5, seed=0)
-    slots = [plan.segments(0, s) for s in range(plan.slots)]
-    covered = sorted((seg.shard, i) for segs in slots for seg in segs for i in range(seg.start, seg.stop))
+def test_lanes_divide_the_shards_exactly_and_name_each_sample_by_its_manifest_index():
+    o = SetOrder(tuple((f"s{i}", 10) for i in range(8)), quota=4, seed=0)
+    assert (o.lanes, o.chunk, o.lane_len, o.epoch_len) == (4, 1, 20, 80)
+    segs = [seg for lane in range(o.lanes) for seg in o.lane_segments(0, lane)]
+    covered = sorted((seg.shard, i) for seg in segs for i in range(seg.start, seg.stop))
     assert covered == sorted((f"s{i}", j) for i in range(8) for j in range(10))
-    assert plan.batches_per_rank == 8
+    assert sorted(seg.first_id + k for seg in segs for k in range(seg.stop - seg.start)) == list(range(80))
+    assert all(seg.first_id == int(seg.shard[1:]) * 10 + seg.start for seg in segs)
+    assert lanes_for(2048) == 64 and lanes_for(24) == 24 and lanes_for(96) == 48 and lanes_for(67) == 1
 
 
-def _batch_keys(batches):
-    return [tuple(b["seqs"]) for b in batches]
+def test_a_rank_reads_only_its_own_lanes():
+    # Global batch 256 on 8 ranks: 64 lanes of 4 samples a round; rank r's micro batches always fall
+    # in lanes 8r..8r+7, so reading stays local however many ranks there are.
+    o = SetOrder((("s", 100_000),), quota=256, seed=0)
+    for world, accum in [(8, 1), (4, 2), (2, 4)]:
+        for rank in range(world):
+            d = Deal(start=0, micro_batch=256 // world // accum, accum=accum, rank=rank, world_size=world)
+            lanes = {o.locate(p)[1] for k in range(40) for p in range(d.first(k), d.first(k) + d.micro_batch)}
+            per = 64 // world
+            assert lanes == set(range(rank * per, (rank + 1) * per)), (world, rank)
 
 
 @pytest.mark.parametrize("workers", [0, 2])
 def test_saved_position_resumes_to_exactly_the_next_batch(athal_shards, workers):
     _, out, _, _ = athal_shards
     kw = dict(micro_batch=8, num_workers=workers, seed=11, shuffle_block=64, reverse_complement=0.5)
-    plan = _stream(out, **kw).plan
-    n = plan.batches_per_rank + 7  # runs over an epoch boundary
+    per_epoch = _stream(out, **kw).batches_per_epoch
+    n = per_epoch + 7  # runs over an epoch boundary
     it = iter(make_loader(_stream(out, **kw)))
     straight = [next(it) for _ in range(n)]
     assert [b["batch_index"] for b in straight] == list(range(n))
-    for k in (3, plan.batches_per_rank - 1, plan.batches_per_rank + 2):
-        it = iter(make_loader(_stream(out, start_batch=k, **kw)))
+    for k in (3, per_epoch - 1, per_epoch + 2):
+        it = iter(make_loader(_stream(out, start_sample=k * 8, **kw)))
         resumed = [next(it) for _ in range(n - k)]
-        assert _batch_keys(resumed) == _batch_keys(straight[k:])
-        assert [b["batch_index"] for b in resumed] == list(range(k, n))
+        assert [tuple(b["seqs"]) for b in resumed] == [tuple(b["seqs"]) for b in straight[k:]]
+        assert [b["batch_index"] for b in resumed] == list(range(n - k))
 
 
 def test_order_depends_on_seed_and_epoch(athal_shards):
     _, out, _, _ = athal_shards
-    a = [s for s, _ in _stream(out, seed=1).slot_samples(0, 0)]
-    b = [s for s, _ in _stream(out, seed=2).slot_samples(0, 0)]
-    c = [s for s, _ in _stream(out, seed=1).slot_samples(1, 0)]
+    a = [x for x, _, _ in _stream(out, seed=1).lane_samples(0, 0, 0)]
+    b = [x for x, _, _ in _stream(out, seed=2).lane_samples(0, 0, 0)]
+    c = [x for x, _, _ in _stream(out, seed=1).lane_samples(0, 1, 0)]
     assert a != b and a != c
-    assert a == [s for s, _ in _stream(out, seed=1).slot_samples(0, 0)]
+    assert a == [x for x, _, _ in _stream(out, seed=1).lane_samples(0, 0, 0)]
 
 
 def test_corrupt_shard_is_an_error_naming_it_not_padding(athal_shards, tmp_path):
@@ -244,7 +280,7 @@ def test_corrupt_shard_is_an_error_naming_it_not_padding(athal_shards, tmp_path)
     victim.write_bytes(data[: len(data) // 2])  # truncated mid-gzip
     s = _stream(bad, micro_batch=4, shuffle=False)
     with pytest.raises(CorruptShard, match=rf"{victim.name}: corrupt or truncated.*manifest") as e:
-        list(s.slot_samples(0, 0))
+        _read_epoch(s)
     assert isinstance(e.value, InputError) and "\n" not in str(e.value)
     assert any(victim.name in p for p in verify_shards(bad))
 
@@ -268,9 +304,9 @@ def test_reader_errors_name_the_directory(tmp_path):
         read_manifest(tmp_path)
 
 
-def test_too_few_windows_for_the_world_is_a_clear_error(athal_shards):
+def test_too_few_windows_for_the_global_batch_is_a_clear_error(athal_shards):
     _, out, _, _ = athal_shards
-    with pytest.raises(InputError, match="too few"):
+    with pytest.raises(InputError, match=r"athal/val: \d+ windows are fewer than the 4096 this set gives each global batch"):
         _stream(out, split="val", micro_batch=512, world_size=8, num_workers=4)
 
 
@@ -383,7 +419,7 @@ def test_the_manifest_sample_count_is_checked(tmp_path):
     manifest["splits"]["train"]["shards"][0]["samples"] += 8
     (out / MANIFEST).write_text(json.dumps(manifest))
     with pytest.raises(CorruptShard, match=rf"{entry['name']}.*holds 40 samples, the manifest says 48"):
-        list(_stream(out, micro_batch=4, shuffle=False).slot_samples(0, 0))
+        _read_epoch(_stream(out, micro_batch=4, shuffle=False))
 
 
 @pytest.mark.parametrize("name", ["../../outside.tar", "/etc/passwd", "sub/shard.tar", "..", "", 7])

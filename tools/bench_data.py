@@ -106,7 +106,7 @@ def bench_loader(shard_dir: Path, repeats: int, micro_batch: int = 8, n_batches:
     out = {}
     for rc in (0.5, 0.0):
         stream = WindowStream(shard_dir, StreamConfig(micro_batch=micro_batch, num_workers=0, reverse_complement=rc), tokenizer=tok, max_tokens=507)
-        batches = stream.batches(0, 0)
+        batches = stream.batches()
         next(batches)  # opens the first shard
 
         def run():
@@ -119,7 +119,8 @@ def bench_loader(shard_dir: Path, repeats: int, micro_batch: int = 8, n_batches:
     def endless():
         epoch = 0
         while True:
-            yield from raw.slot_samples(epoch, 0)
+            for lane in range(raw.sets[0].order.lanes):
+                yield from raw.lane_samples(0, epoch, lane)
             epoch += 1
 
     samples = endless()

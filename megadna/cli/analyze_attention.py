@@ -47,7 +47,7 @@ def _windows(args) -> list[bytes]:
         from megadna.data.stream import StreamConfig, WindowStream
 
         stream = WindowStream(args.shards, StreamConfig(split="val", micro_batch=args.windows, num_workers=0, shuffle=False))
-        seqs = next(stream.batches(0, 0))["seqs"]
+        seqs = next(stream.batches())["seqs"]
         return [s[: args.window_bp] for s in seqs] if args.window_bp else seqs
     from megadna.experiments.overlap import OverlapConfig, WindowSampler
 

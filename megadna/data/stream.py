@@ -1,9 +1,10 @@
-"""The resumable data position: batches of genome windows streamed from a shard set, exact over restarts.
+"""The data position: batches of genome windows in the run's global sample order, exact over restarts.
 
-Reading is planned from the manifest's sample counts (see docs/DATA.md for the mental model): every
-epoch is a seeded permutation of the shards, cut into equal contiguous slots, one per (rank, worker),
-so every rank gets the same number of batches (no DDP hang on uneven shards) and the position of the
-stream is a single integer, the number of batches a rank has consumed.
+The order is megadna.data.order (a pure function of the seed, the shard sets and the run's first global
+batch size); this module reads it. A rank's micro batch k since the resume point is a fixed piece of a
+global batch (order.Deal), so the position of the whole run is one integer, the samples consumed, and a
+resume may change the world size, the DataLoader workers, the micro batch and gradient accumulation:
+with the same global batch, the same samples form the same global batches.
 """
 
 from __future__ import annotations
@@ -14,94 +15,16 @@ import itertools
 import os
 import weakref
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 
 from megadna.data.genome import reverse_complement
+from megadna.data.order import MAX_LANES, Deal, SetOrder, quotas, rng
 from megadna.data.remote import as_location, is_url, locate
 from megadna.data.shards import SPLITS, iter_shard, read_manifest, shard_entries
 from megadna.errors import InputError
 
-# --------------------------------------------------------------------------------------------------
-# The epoch plan (pure arithmetic on the manifest's counts)
-# --------------------------------------------------------------------------------------------------
-
-
-def _rng(*key: int) -> np.random.Generator:
-    """A generator that is a pure function of its integer key (seed, epoch, slot, ...)."""
-    return np.random.default_rng(np.random.SeedSequence([int(k) & 0xFFFFFFFF for k in key]))
-
-
-@dataclass(frozen=True)
-class Segment:
-    shard: str  # path relative to the shard directory
-    start: int  # first sample (index within the shard)
-    stop: int  # one past the last
-
-
-@dataclass(frozen=True)
-class EpochPlan:
-    """Which samples each (rank, worker) slot reads in one epoch.
-
-    The epoch's shard order is a permutation seeded by (seed, epoch); the concatenated samples are cut
-    into world_size * num_workers contiguous slots of equal length, a multiple of the micro batch.
-    The few samples that do not fill a slot (fewer than slots * micro_batch) are left out of this
-    epoch only: the next epoch's permutation leaves out others.
-    """
-
-    shards: tuple[tuple[str, int], ...]  # (relative path, samples) in manifest order
-    world_size: int
-    num_workers: int
-    micro_batch: int
-    seed: int
-    shuffle: bool = True
-
-    @property
-    def slots(self) -> int:
-        return self.world_size * self.num_workers
-
-    @property
-    def total_samples(self) -> int:
-        return sum(n for _, n in self.shards)
-
-    @property
-    def batches_per_slot(self) -> int:
-        return self.total_samples // self.slots // self.micro_batch
-
-    @property
-    def samples_per_slot(self) -> int:
-        return self.batches_per_slot * self.micro_batch
-
-    @property
-    def batches_per_rank(self) -> int:
-        return self.batches_per_slot * self.num_workers
-
-    def shard_order(self, epoch: int) -> list[tuple[str, int]]:
-        if not self.shuffle:
-            return list(self.shards)
-        perm = _rng(self.seed, epoch, 0x5A4D).permutation(len(self.shards))
-        return [self.shards[i] for i in perm]
-
-    def segments(self, epoch: int, slot: int) -> list[Segment]:
-        """The (shard, start, stop) pieces that make up one slot's samples, in reading order."""
-        lo = slot * self.samples_per_slot
-        hi = lo + self.samples_per_slot
-        out, pos = [], 0
-        for name, n in self.shard_order(epoch):
-            a, b = max(lo, pos), min(hi, pos + n)
-            if a < b:
-                out.append(Segment(name, a - pos, b - pos))
-            pos += n
-            if pos >= hi:
-                break
-        return out
-
-
-# --------------------------------------------------------------------------------------------------
-# The batch stream
-# --------------------------------------------------------------------------------------------------
 
 @dataclass
 class StreamConfig:
@@ -109,121 +32,206 @@ class StreamConfig:
     micro_batch: int = 8
     """Windows per batch: the DeepSpeed config's train_micro_batch_size_per_gpu."""
     num_workers: int = 1
-    """DataLoader worker processes per rank; part of the data position (changing it on resume is refused)."""
+    """DataLoader worker processes per rank; any number gives the same batches."""
     seed: int = 0
     shuffle: bool = True
     shuffle_block: int = 2048
-    """Samples shuffled together inside a slot (on top of the per-epoch shard permutation)."""
+    """Consecutive samples of a lane shuffled together (on top of the per-epoch shard permutation)."""
     reverse_complement: float = 0.0
     """Probability that a window is read as its reverse complement (augmentation at load time)."""
+    accum: int = 1
+    """Micro batches per rank per optimizer step (the DeepSpeed config's gradient_accumulation_steps)."""
+    order_batch: int = 0
+    """The global batch size the run started with, which fixes the order (0: this run's global batch)."""
+    max_lanes: int = MAX_LANES
+    """Places of a shard set a global batch is drawn from, at most. 1 (with one rank) reads shards one
+    after the other, as megadna did before the global order: tools/bench_order.py compares the two."""
 
     def __post_init__(self):
         if self.split not in SPLITS:
             raise InputError(f"split must be one of {SPLITS}, got {self.split!r}")
-        if self.micro_batch < 1 or self.num_workers < 0 or self.shuffle_block < 1:
-            raise InputError(f"micro_batch >= 1, num_workers >= 0, shuffle_block >= 1 required, got {self}")
+        if self.micro_batch < 1 or self.num_workers < 0 or self.shuffle_block < 1 or self.accum < 1 or self.order_batch < 0 or self.max_lanes < 1:
+            raise InputError(f"micro_batch >= 1, num_workers >= 0, shuffle_block >= 1, accum >= 1, order_batch >= 0 required, got {self}")
         if not 0.0 <= self.reverse_complement <= 1.0:
             raise InputError(f"reverse_complement must be a probability, got {self.reverse_complement}")
+
+
+class ShardSet:
+    """One shard set (a directory or a URL form) of a split: its manifest and its order in the run."""
+
+    def __init__(self, location, cfg: StreamConfig, quota: int):
+        self.dir = as_location(location)
+        manifest = read_manifest(self.dir)
+        self.entries = shard_entries(manifest, cfg.split)  # what each shard must be: read with it as `expect`
+        if not self.entries:
+            raise InputError(f"{self.dir}: the manifest has no {cfg.split!r} shards")
+        shards = tuple((rel, sh["samples"]) for rel, sh in self.entries.items())
+        missing = [] if is_url(self.dir) else [n for n, _ in shards if not (self.dir / n).is_file()]
+        if missing:
+            raise InputError(f"{self.dir}: {len(missing)} shard(s) listed in the manifest are missing: {', '.join(missing[:5])}")
+        self.order = SetOrder(shards, quota, cfg.seed, cfg.shuffle, cfg.shuffle_block, cfg.max_lanes)
+        if self.order.rounds_per_epoch == 0:
+            raise InputError(f"{self.dir}/{cfg.split}: {self.order.total_samples} windows are fewer than the {quota} this set gives each "
+                             "global batch; make more windows or use a smaller global batch")
+        self.window_bp = manifest["window_config"]["window"]
+        self.manifest = manifest
+        self.has_val = bool(manifest["splits"]["val"]["shards"])
+
+
+class _Lane:
+    """A forward reader of one lane of one epoch: sample q of the lane's reading order, block by block.
+    Each shard is checked against its manifest entry (size and sha256 before a byte is decoded): a
+    damaged one is a CorruptShard (an InputError naming it), never a silent short or wrong read."""
+
+    def __init__(self, sset: ShardSet, epoch: int, lane: int, rc: float, with_meta: bool = False):
+        self.sset, self.epoch, self.lane, self.rc, self.with_meta = sset, epoch, lane, rc, with_meta
+        self.segments = sset.order.lane_segments(epoch, lane)
+        self.block, self.raw, self.raw_pos = -1, None, -1
+
+    def get(self, q: int) -> tuple[bytes, dict | None, int, bool]:
+        """(bases, meta, sample id, reverse-complement flip) of sample q of the lane."""
+        B = self.sset.order.shuffle_block
+        b, i = divmod(q, B)
+        if b != self.block:
+            self._load(b)
+        j = self.order[i]
+        return self.samples[j][0], self.samples[j][1], int(self.ids[j]), bool(self.flips[i])
+
+    def _load(self, b: int) -> None:
+        o = self.sset.order
+        start = b * o.shuffle_block
+        size = min(o.shuffle_block, o.lane_len - start)
+        if self.raw is None or self.raw_pos != start:  # a jump (or a first read): open at the block, skipping what is before
+            self.raw = self._raw(start)
+        self.samples = list(itertools.islice(self.raw, size))
+        self.raw_pos = start + size
+        if len(self.samples) < size:  # iter_shard checks every count against the manifest: only a bug gets here
+            raise InputError(f"{self.sset.dir}: lane {self.lane} of epoch {self.epoch} ran out of samples in block {b}; "
+                             f"run tools/make_shards.py --out {self.sset.dir} --verify")
+        self.ids = self._ids(start, size)
+        self.order = o.block_order(self.epoch, self.lane, b, size)
+        self.flips = (rng(o.seed, self.epoch, self.lane, b, 0x4C).random(size) < self.rc) if self.rc > 0 else np.zeros(size, bool)
+        self.block = b
+
+    def _ids(self, start: int, size: int) -> np.ndarray:
+        ids, pos = np.empty(size, np.int64), 0
+        for seg in self.segments:
+            n = seg.stop - seg.start
+            a, z = max(start, pos), min(start + size, pos + n)
+            if a < z:
+                ids[a - start:z - start] = seg.first_id + (a - pos) + np.arange(z - a)
+            pos += n
+        return ids
+
+    def _raw(self, start: int):
+        """The lane's samples in shard order from position `start`."""
+        pos = 0
+        for seg in self.segments:
+            n = seg.stop - seg.start
+            if pos + n <= start:  # whole segment before the start: not even opened
+                pos += n
+                continue
+            skip = max(0, start - pos)
+            yield from iter_shard(locate(self.sset.dir, seg.shard), seg.start + skip, seg.stop, with_meta=self.with_meta,
+                                  expect=self.sset.entries[seg.shard], gz=seg.shard.endswith(".gz"))
+            pos += n
 
 
 class WindowStream:
     """The batches of genome windows one rank trains on, endless over epochs, resumable exactly.
 
-    Position: `start_batch` is the number of batches this rank has already consumed. Batches are
-    dealt to DataLoader workers round-robin (torch's own order), so global batch g comes from logical
-    worker g % W; on resume the workers are rotated by start_batch so that the first batch fetched is
-    exactly batch start_batch. A batch is a pure function of (seed, epoch, slot, batch index).
-    """
+    `data` is one shard set (a directory or a URL form) or a weighted mixture (a list of
+    megadna.data.mixing.Source). `start_sample` is the number of samples the whole run had consumed
+    at the resume point; micro batch k of this rank is `deal.first(k)` onwards. A batch is a pure
+    function of those positions, so it does not depend on the worker that reads it."""
 
-    def __init__(self, shard_dir: str | Path, cfg: StreamConfig, *, rank: int = 0, world_size: int = 1, tokenizer=None, max_tokens: int | None = None, start_batch: int = 0):
-        self.dir = as_location(shard_dir)  # a local directory, or a URL form (megadna.data.remote)
-        self.cfg = cfg
-        self.rank, self.world_size = rank, world_size
+    def __init__(self, data, cfg: StreamConfig, *, rank: int = 0, world_size: int = 1, tokenizer=None, max_tokens: int | None = None,
+                 start_sample: int = 0):
+        self.cfg, self.rank, self.world_size = cfg, rank, world_size
         self.tokenizer, self.max_tokens = tokenizer, max_tokens
-        self.start_batch = start_batch
-        manifest = read_manifest(self.dir)
-        self._entries = shard_entries(manifest, cfg.split)  # what each shard must be: read with it as `expect`
-        if not self._entries:
-            raise InputError(f"{self.dir}: the manifest has no {cfg.split!r} shards")
-        shards = tuple((rel, sh["samples"]) for rel, sh in self._entries.items())
-        missing = [] if is_url(self.dir) else [n for n, _ in shards if not (self.dir / n).is_file()]
-        if missing:
-            raise InputError(f"{self.dir}: {len(missing)} shard(s) listed in the manifest are missing: {', '.join(missing[:5])}")
-        self.plan = EpochPlan(shards, world_size, max(1, cfg.num_workers), cfg.micro_batch, cfg.seed, cfg.shuffle)
-        if self.plan.batches_per_slot == 0:
-            raise InputError(
-                f"{self.dir}/{cfg.split}: {self.plan.total_samples} windows are too few for {world_size} rank(s) x "
-                f"{self.plan.num_workers} worker(s) x micro batch {cfg.micro_batch}; make more windows or use fewer workers"
-            )
-        self.window_bp = manifest["window_config"]["window"]
-        self.manifest = manifest
-        self.manifest_has_val = bool(manifest["splits"]["val"]["shards"])
+        self.deal = Deal(start_sample, cfg.micro_batch, cfg.accum, rank, world_size)
+        self.order_batch = cfg.order_batch or self.deal.global_batch
+        self.sources = data if isinstance(data, list) else None
+        locations = [s.location for s in self.sources] if self.sources else [data]
+        self.quotas = quotas([s.weight for s in self.sources], self.order_batch) if self.sources else [self.order_batch]
+        self.sets = [ShardSet(loc, cfg, q) for loc, q in zip(locations, self.quotas)]
+        self._bounds = np.cumsum([0, *self.quotas])
+        names = [s.name for s in self.sources] if self.sources else [str(self.sets[0].dir)]
+        lengths = {name: s.window_bp for name, s in zip(names, self.sets)}
+        if len(set(lengths.values())) > 1:
+            raise InputError(f"--data: the sources' windows differ ({', '.join(f'{k} {v} bp' for k, v in lengths.items())}); "
+                             "make every shard set with the same --window")
+        self.dir = self.sets[0].dir
+        self.window_bp = self.sets[0].window_bp
+        self.manifest = self.sets[0].manifest
+        self.manifest_has_val = all(s.has_val for s in self.sets)
 
-    # -- sample level ----------------------------------------------------------------------------
+    @property
+    def start_sample(self) -> int:
+        return self.deal.start
 
-    def slot_samples(self, epoch: int, slot: int, start: int = 0, *, with_meta: bool = False) -> Iterator[tuple[bytes, dict | None]]:
-        """One slot's samples of one epoch in final (block-shuffled) order, from position `start`."""
-        block = self.cfg.shuffle_block
-        first_block = start // block
-        raw = self._slot_raw(epoch, slot, first_block * block, with_meta)
-        n = self.plan.samples_per_slot
-        for b in range(first_block, (n + block - 1) // block):
-            size = min(block, n - b * block)
-            buf = self._fill(raw, size, epoch, slot, b)
-            order = _rng(self.cfg.seed, epoch, slot, b, 0xB10C).permutation(size) if self.cfg.shuffle else range(size)
-            skip = start - b * block if b == first_block else 0
-            for i in order[skip:] if skip else order:
-                yield buf[i]
+    @property
+    def epoch_samples(self) -> int:
+        """The run's samples in the shortest epoch of its sets (whole rounds)."""
+        return min(s.order.rounds_per_epoch for s in self.sets) * self.order_batch
 
-    def _slot_raw(self, epoch, slot, start, with_meta):
-        """The slot's samples in shard order from position `start`. Each shard is checked against its
-        manifest entry (size and sha256 before a byte is decoded): a damaged one is a CorruptShard
-        (an InputError naming it), never a silent short or wrong read."""
-        pos = 0
-        for seg in self.plan.segments(epoch, slot):
-            n = seg.stop - seg.start
-            if pos + n <= start:  # whole segment before the resume point: not even opened
-                pos += n
-                continue
-            skip = max(0, start - pos)
-            yield from iter_shard(locate(self.dir, seg.shard), seg.start + skip, seg.stop, with_meta=with_meta, expect=self._entries[seg.shard],
-                                  gz=seg.shard.endswith(".gz"))
-            pos += n
+    @property
+    def batches_per_epoch(self) -> int:
+        """Micro batches of this rank in `epoch_samples`."""
+        return self.epoch_samples // self.deal.global_batch * self.cfg.accum
 
-    def _fill(self, raw, size, epoch, slot, b) -> list:
-        buf = list(itertools.islice(raw, size))
-        if len(buf) < size:  # iter_shard checks every count against the manifest: only a bug gets here
-            raise InputError(f"{self.dir}: slot {slot} of epoch {epoch} ran out of samples in block {b}; run tools/make_shards.py --out {self.dir} --verify")
-        return buf
+    # -- positions -------------------------------------------------------------------------------
 
-    # -- batch level ---------------------------------------------------------------------------
+    def locate(self, p: int) -> tuple[int, int]:
+        """(set index, position within the set) of the run's sample p."""
+        t, o = divmod(p, self.order_batch)
+        s = int(np.searchsorted(self._bounds, o, side="right")) - 1
+        return s, t * self.quotas[s] + o - int(self._bounds[s])
 
-    def raw_batches(self, logical_worker: int, local_start: int) -> Iterator[tuple[list[bytes], int, int, int]]:
-        """Endless (windows, epoch, slot, batch in slot) of one logical worker's slot, from its local
-        batch index `local_start`: what `collate` turns into a batch."""
-        bps = self.plan.batches_per_slot
-        slot = self.rank * self.plan.num_workers + logical_worker
-        local = local_start
-        while True:
-            epoch, first = divmod(local, bps)
-            samples = self.slot_samples(epoch, slot, first * self.cfg.micro_batch)
-            for b in range(first, bps):
-                yield [next(samples)[0] for _ in range(self.cfg.micro_batch)], epoch, slot, b
-                local += 1
+    def source_counts(self, p: int) -> np.ndarray:
+        """Samples of each set among the run's samples 0..p-1."""
+        t, o = divmod(int(p), self.order_batch)
+        return t * np.asarray(self.quotas) + np.clip(o - self._bounds[:-1], 0, self.quotas)
 
-    def batches(self, logical_worker: int, local_start: int) -> Iterator[dict]:
-        """Endless batches of one logical worker's slot, from its local batch index `local_start`."""
-        W = self.plan.num_workers
-        for local, raw in enumerate(self.raw_batches(logical_worker, local_start), local_start):
-            yield self.collate(*raw, global_batch=local * W + logical_worker)
+    def lanes_read(self, n_batches: int) -> set[tuple[int, int, int]]:
+        """(set, epoch, lane) of every lane this rank's first n micro batches read from."""
+        out = set()
+        for k in range(n_batches):
+            for p in range(self.deal.first(k), self.deal.first(k) + self.cfg.micro_batch):
+                s, sp = self.locate(p)
+                out.add((s, *self.sets[s].order.locate(sp)[:2]))
+        return out
 
-    def collate(self, seqs: list[bytes], epoch: int, slot: int, b: int, global_batch: int) -> dict:
-        """A batch: the windows (reverse-complemented by a draw of (seed, epoch, slot, b)), tokenized
-        when the stream has a tokenizer."""
-        if self.cfg.reverse_complement > 0:
-            flips = _rng(self.cfg.seed, epoch, slot, b, 0x4C).random(len(seqs)) < self.cfg.reverse_complement
-            seqs = [reverse_complement(s.decode()).encode() if f else s for s, f in zip(seqs, flips)]
-        out = {"batch_index": global_batch, "epoch": epoch}
+    # -- samples and batches ---------------------------------------------------------------------
+
+    def samples(self, first: int, n: int, lanes: dict | None = None, *, with_meta: bool = False) -> Iterator[tuple[bytes, dict | None, int, int, bool]]:
+        """(bases, meta, set index, sample id, flip) of the run's samples first..first+n-1. `lanes` keeps
+        the open lane readers between calls (a reader only moves forward)."""
+        lanes = {} if lanes is None else lanes
+        for p in range(first, first + n):
+            s, sp = self.locate(p)
+            epoch, lane, q = self.sets[s].order.locate(sp)
+            key = (s, epoch, lane)
+            reader = lanes.get(key)
+            if reader is None or q < reader.block * self.cfg.shuffle_block:
+                for old in [k for k in lanes if k[0] == s and k[1] < epoch - 1]:  # readers of finished epochs
+                    del lanes[old]
+                reader = lanes[key] = _Lane(self.sets[s], epoch, lane, self.cfg.reverse_complement, with_meta)
+            bases, meta, sid, flip = reader.get(q)
+            yield bases, meta, s, sid, flip
+
+    def batches(self, worker: int = 0, num_workers: int = 1) -> Iterator[dict]:
+        """Endless micro batches k = worker, worker + num_workers, ... of this rank since the resume point."""
+        lanes: dict = {}
+        for k in itertools.count(worker, num_workers):
+            yield self.collate(list(self.samples(self.deal.first(k), self.cfg.micro_batch, lanes)), k)
+
+    def collate(self, samples: list, k: int) -> dict:
+        """A batch: the windows (reverse-complemented where the lane's draw says), tokenized when the
+        stream has a tokenizer; with each window's set and sample id (its index in the set's manifest)."""
+        seqs = [reverse_complement(b.decode()).encode() if flip else b for b, _, _, _, flip in samples]
+        out = {"batch_index": k, "part": self.deal.part(k), "sources": np.asarray([s for _, _, s, _, _ in samples], np.int64),
+               "sample_ids": np.asarray([i for _, _, _, i, _ in samples], np.int64)}
         if self.tokenizer is None:
             out["seqs"] = seqs
             return out
@@ -234,16 +242,17 @@ class WindowStream:
         out["attention_mask"] = torch.from_numpy(enc["attention_mask"])
         return out
 
-    def worker_start(self, dataloader_worker: int) -> tuple[int, int]:
-        """(logical worker, its first local batch) for a DataLoader worker, after start_batch batches."""
-        W = self.plan.num_workers
-        logical = (dataloader_worker + self.start_batch) % W
-        first_global = self.start_batch + ((logical - self.start_batch) % W)
-        return logical, first_global // W
+    def lane_samples(self, s: int, epoch: int, lane: int, *, with_meta: bool = False) -> Iterator[tuple[bytes, dict | None, int]]:
+        """(bases, meta, sample id) of one lane of one epoch of set s, in reading order."""
+        reader = _Lane(self.sets[s], epoch, lane, 0.0, with_meta)
+        for q in range(self.sets[s].order.lane_len):
+            bases, meta, sid, _ = reader.get(q)
+            yield bases, meta, sid
 
 
 def torch_dataset(stream: WindowStream):
-    """A torch IterableDataset over the stream; each DataLoader worker serves its own slot. Bad input
+    """A torch IterableDataset over the stream; DataLoader worker w serves micro batches w, w + W, ...,
+    which torch's round-robin hands out in order. Bad input
     met in a worker (a corrupt shard) crosses to the rank as a value, `{"error": message}`, which
     `Batches` raises there as the InputError it was: one line, not a worker traceback."""
     import torch
@@ -251,10 +260,8 @@ def torch_dataset(stream: WindowStream):
     class _Dataset(torch.utils.data.IterableDataset):
         def __iter__(self):
             info = torch.utils.data.get_worker_info()
-            if info is not None and info.num_workers != stream.plan.num_workers:
-                raise InputError(f"the stream was planned for {stream.plan.num_workers} workers, the DataLoader has {info.num_workers}")
-            logical, local = stream.worker_start(info.id if info is not None else 0)
-            return _errors_as_values(stream.batches(logical, local))
+            worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+            return _errors_as_values(stream.batches(worker, workers))
 
     return _Dataset()
 
@@ -363,8 +370,8 @@ class Loader:
 
 
 def make_loader(stream: WindowStream, *, pin_memory: bool = False, prefetch_factor: int = 4) -> Loader:
-    """A loader yielding the stream's batches in order, batch start_batch first (iterate it, then close
-    the iterator)."""
+    """A loader yielding the stream's micro batches in order from the resume point (iterate it, then
+    close the iterator)."""
     import torch
 
     W = stream.cfg.num_workers

@@ -34,14 +34,15 @@ class TrainConfig:
     keep_last: int = field(default=3, metadata={"help": "complete checkpoints kept; older ones are deleted"})
     resume: str = field(default="auto", metadata={"help": "auto (newest complete checkpoint in save_dir, if any) | none | a checkpoint directory"})
     eval_interval: int = field(default=100, metadata={"help": "steps between evaluations on the held-out shards (0: only at the end)"})
-    eval_batches: int = field(default=8, metadata={"help": "micro batches per rank per evaluation"})
+    eval_batches: int = field(default=8, metadata={"help": "held-out windows per evaluation, in global batches of the run's first size (at most one epoch of held-out windows)"})
     log_interval: int = field(default=10, metadata={"help": "steps between log lines / TensorBoard scalars"})
-    num_workers: int = field(default=1, metadata={"help": "data loader processes per rank (part of the data position)"})
+    num_workers: int = field(default=1, metadata={"help": "data loader processes per rank (any number gives the same batches; may change on resume)"})
     reverse_complement: float = field(default=0.5, metadata={"help": "probability a window is read reverse-complemented"})
     seed: int = field(default=0, metadata={"help": "seeds data order, masking, dropout and init"})
     max_tokens: int = field(default=0, metadata={"help": "tokens per sequence incl. [CLS]/[SEP] (0: from the window length and tokenizer)"})
     stop_at_step: int = field(default=0, metadata={"help": "save and exit at this global step (0: run to max_steps); the LR and masking schedules still follow max_steps. For job slots shorter than the run"})
     progress: bool = field(default=True, metadata={"help": "tqdm progress bar on rank 0"})
+    record_samples: bool = field(default=False, metadata={"help": "write each step's sample ids (global batch order) into metrics.jsonl, to audit the data order"})
 
     def __post_init__(self):
         if self.masking not in POLICIES:

@@ -379,6 +379,25 @@ _PEER_LOST = ("Connection closed by peer", "Connection reset by peer", "Broken p
               "DistNetworkError")
 
 
+def on_main(fn, what: str) -> None:
+    """Run fn on rank 0 while the other ranks wait, and raise on every rank if it failed: a rank 0 that
+    stopped alone would leave the others waiting until the collective timeout."""
+    failed, error = 0, None
+    if not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0:
+        try:
+            fn()
+        except InputError as e:
+            failed, error = 1, e
+    if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+        flag = torch.tensor([failed], dtype=torch.int64, device=_device())
+        torch.distributed.broadcast(flag, src=0)
+        failed = int(flag.item())
+    if error is not None:
+        raise error
+    if failed:
+        raise InputError(f"{what} failed on rank 0; its log names the cause")
+
+
 def peer_failure(exc: BaseException) -> str | None:
     """A one-paragraph explanation when `exc` says another rank is gone (died, froze, lost its
     network), else None. For the entry point: print it instead of a torch/gloo traceback."""

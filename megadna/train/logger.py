@@ -27,6 +27,7 @@ class StepResult:
     seq_len: int  # the sequence-length curriculum's tokens per sequence at this step
     lr: float
     stop_requested: bool  # some rank got SIGTERM/SIGINT: every rank saves and stops together
+    samples: list[int] | None = None  # --record_samples: the step's sample keys in global batch order
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,10 @@ class RunLogger:
         self._window_losses.append(r.loss)
         if not self.is_main:
             return
-        self._jsonl.write(json.dumps({"step": r.step, "loss": r.loss, "mask_boundary": r.mask_boundary, "seq_len": r.seq_len, "mlm_accuracy": r.mlm_accuracy, "lr": r.lr}) + "\n")
+        line = {"step": r.step, "loss": r.loss, "mask_boundary": r.mask_boundary, "seq_len": r.seq_len, "mlm_accuracy": r.mlm_accuracy, "lr": r.lr}
+        if r.samples is not None:  # --record_samples: the step's sample keys in global batch order
+            line["samples"] = r.samples
+        self._jsonl.write(json.dumps(line) + "\n")
         self._jsonl.flush()
         if self._bar is not None:
             self._bar.update(1)

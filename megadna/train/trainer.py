@@ -3,14 +3,16 @@
     trainer = Trainer(cfg, "ds_configs/z2.json")   # set-up: distributed, data, model, engine, resume
     summary = trainer.fit()                         # train_step / evaluate / save until max_steps
 
-Everything random is a function of (seed, global_step, rank): masking through `apply_masking`, dropout
-by re-seeding torch at every step, and the data by its position (batches consumed), so a resumed run
-equals an uninterrupted one. The DeepSpeed JSON owns batch, precision, optimizer, schedule and ZeRO;
+Everything random is a function of (seed, global_step, part), part being a micro batch's index within
+the global batch (rank x accumulation + micro step): masking through `apply_masking`, dropout by
+re-seeding torch before every micro batch, and the data by its position (samples consumed by the run,
+megadna.data.order), so a resumed run equals an uninterrupted one, also on another number of ranks. The DeepSpeed JSON owns batch, precision, optimizer, schedule and ZeRO;
 `TrainConfig` owns the rest (megadna.train.config).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -23,7 +25,7 @@ import torch
 
 from megadna import rundir as ckpt
 from megadna.data.demo import build_demo_shards
-from megadna.data.mixing import MixedStream, is_mix, parse_mix, source_shares
+from megadna.data.mixing import is_mix, parse_mix, source_shares
 from megadna.data.remote import as_location
 from megadna.data.shards import read_manifest
 from megadna.data.stream import StreamConfig, WindowStream, make_loader
@@ -36,13 +38,14 @@ from megadna.rundir import RunDir
 from megadna.seqlen import parse_schedule, seq_len_at, split_windows
 from megadna.tokenizers import get_tokenizer, load_tokenizer
 from megadna.tokenizers.kmer import kmer_vocabulary_k
-from megadna.train import distributed
+from megadna.train import distributed, elastic
 from megadna.train.config import TrainConfig, load_ds_config, precision
 from megadna.train.logger import RunLogger, StepResult, Throughput
 from megadna.train.metrics import Meter, peak_flops
 
 log = logging.getLogger("megadna.train")
 
+SOURCE_KEY = 1 << 40  # a recorded sample key is source x SOURCE_KEY + its index in the source's manifest
 EVAL_SEED_OFFSET = 7919  # held-out masks use seed + this at global_step 0: the same positions every eval
 
 
@@ -62,10 +65,11 @@ def sequence_tokens(tokenizer, window_bp: int, max_positions: int, requested: in
     return n
 
 
-def _seed_everything(seed: int, step: int, rank: int) -> None:
-    # Dropout draws from torch's global RNG: re-seeding it from (seed, step, rank) at every step makes
-    # it a function of the step, so a resumed run draws exactly what the uninterrupted one drew.
-    torch.manual_seed((seed * 1_000_003 + step * 10_007 + rank) % (2**63 - 1))
+def _seed_everything(seed: int, step: int, part: int) -> None:
+    # Dropout draws from torch's global RNG: re-seeding it from (seed, step, part) before every micro
+    # batch makes it a function of the micro batch's place in the run, so a resumed run draws exactly
+    # what the uninterrupted one drew, whichever rank holds that micro batch now.
+    torch.manual_seed((seed * 1_000_003 + step * 10_007 + part) % (2**63 - 1))
 
 
 class _Preemption:
@@ -104,7 +108,7 @@ def to_device(batch: dict, device) -> tuple[torch.Tensor, torch.Tensor | None]:
 class Trainer:
     """One pre-training run. `__init__` sets up, `fit` runs; `train_step`, `evaluate` and `save` are
     the pieces `fit` calls. Attributes after set-up: engine, tokenizer, stream, val_stream, step,
-    batches_consumed (the data position per rank), resolved (the config saved beside checkpoints)."""
+    samples_consumed (the run's data position), resolved (the config saved beside checkpoints)."""
 
     def __init__(self, cfg: TrainConfig, ds_config_path: str):
         import deepspeed
@@ -122,11 +126,13 @@ class Trainer:
         self.resume_dir = ckpt.resolve_resume(cfg.resume, self.run.checkpoints)
         self.resume_meta = ckpt.read_meta(self.resume_dir) if self.resume_dir else None
         self._setup_data_and_model()
+        self.load_dir = self._elastic_load_dir()
         model = BertForMLM(self.mcfg)
         self.init_source = self._init_from(model)
-        self.engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=[p for p in model.parameters() if p.requires_grad], config=self.ds_cfg)
+        engine_cfg = self.ds_cfg if self.load_dir == self.resume_dir else self.ds_cfg | {"checkpoint": {**self.ds_cfg.get("checkpoint", {}), "load_universal": True}}
+        self.engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=[p for p in model.parameters() if p.requires_grad], config=engine_cfg)
         self.device = self.engine.device
-        self.step, self.batches_consumed = self._load_resume_state()
+        self.step, self.samples_consumed, self.order_batch = self._load_resume_state()
         self._setup_streams()
         self.resolved = self._resolved_config()
         if self.is_main:
@@ -134,7 +140,8 @@ class Trainer:
             print("resolved config:\n" + json.dumps(self.resolved, indent=1), flush=True)
             write_json(self.run.config, self.resolved)
             if self.resume_dir:
-                print(f"resuming from {self.resume_dir} at global_step {self.step} (batches consumed per rank: {self.batches_consumed})", flush=True)
+                print(f"resuming from {self.resume_dir} at global_step {self.step} (samples consumed: {self.samples_consumed}, "
+                      f"world size {self.resume_meta.get('world_size')} -> {self.world})", flush=True)
 
     # -- set-up ------------------------------------------------------------------------------------
 
@@ -145,7 +152,7 @@ class Trainer:
         self.sources = parse_mix(cfg.data) if is_mix(cfg.data) else None
         self.data_dir = cfg.data if self.sources else as_location(cfg.data) if cfg.data else self._demo_data()
         manifests = {s.name: read_manifest(as_location(s.location)) for s in self.sources} if self.sources else {"data": read_manifest(self.data_dir)}
-        self.manifest = next(iter(manifests.values()))  # window length: every source has the same (MixedStream checks)
+        self.manifest = next(iter(manifests.values()))  # window length: every source has the same (WindowStream checks)
         distributed.check_consistent(manifests, "data manifest", hint=f"{self.data_dir} differs between nodes: give every node the same shards (tools/make_shards.py --verify)")
         # On resume the tokenizer comes from the checkpoint (a BPE directory may have moved since).
         self.tokenizer = load_tokenizer(self.resume_dir / ckpt.TOKENIZER_DIR) if self.resume_dir else get_tokenizer(cfg.tokenizer)
@@ -160,6 +167,18 @@ class Trainer:
              "model": self.mcfg.to_dict(), "max_tokens": self.max_tokens, "world_size": self.world, "resume": self.resume_meta},
             "resolved config", hint="launch every node with the same arguments, DeepSpeed config, tokenizer and --save_dir",
         )
+
+    def _elastic_load_dir(self) -> Path | None:
+        """Where the engine state is loaded from: the checkpoint itself, or (resuming on another world
+        size with ZeRO-1/2) its universal copy, which rank 0 makes once (megadna.train.elastic)."""
+        if not self.resume_dir:
+            return None
+        _check_resumable(self.resume_meta, self.cfg, self.resume_dir, self.mcfg)
+        if not elastic.needs_universal(self.resume_meta, self.world, self.ds_cfg, self.resume_dir):
+            return self.resume_dir
+        distributed.on_main(lambda: elastic.universal_copy(self.resume_dir, self.resume_meta, self.run.universal),
+                            f"converting {self.resume_dir} to a universal checkpoint")
+        return self.run.universal / self.resume_dir.name
 
     def _init_from(self, model: BertForMLM) -> dict | None:
         """--init_from: the source's weights into the new model (a resumed run has its own weights)."""
@@ -180,38 +199,39 @@ class Trainer:
         torch.distributed.barrier()
         return self.run.demo_data / "shards"
 
-    def _load_resume_state(self) -> tuple[int, int]:
-        """(global_step, batches consumed per rank): zeros for a new run, the checkpoint's on resume."""
+    def _load_resume_state(self) -> tuple[int, int, int]:
+        """(global_step, samples consumed, order batch): a new run starts at 0 with its own global batch
+        fixing the order; a resume continues the checkpoint's."""
         if not self.resume_dir:
-            return 0, 0
+            return 0, 0, self.world * self.accum * self.micro
         meta, d = self.resume_meta, self.resume_dir
-        _check_resumable(meta, self.world, self.cfg, self.micro, d, self.mcfg)
         # Every rank checks every file's recorded size and sha256 (ckpt.resolve_resume did it before the
         # tokenizer was read; --resume auto and --resume DIR alike), then loads with weights_only=True.
         if ckpt.FILES not in meta:
             log.warning("%s: written before megadna recorded checkpoint file hashes; its files are loaded unverified (weights-only)", d)
-        client = _load_weights_only(self.engine, d)
-        _check_loaded_state(self.engine, client, meta, d)
-        return meta["global_step"], meta["batches_consumed"]
+        with elastic.weights_only_loads() if self.load_dir != d else contextlib.nullcontext():
+            client = _load_weights_only(self.engine, self.load_dir)
+        _check_loaded_state(self.engine, client, meta, self.load_dir)
+        return meta["global_step"], meta["samples_consumed"], meta["order_batch"]
 
     def _setup_streams(self) -> None:
         cfg = self.cfg
-        stream_cfg = StreamConfig(split="train", micro_batch=self.micro, num_workers=cfg.num_workers, seed=cfg.seed, reverse_complement=cfg.reverse_complement)
+        stream_cfg = StreamConfig(split="train", micro_batch=self.micro, accum=self.accum, order_batch=self.order_batch, num_workers=cfg.num_workers,
+                                  seed=cfg.seed, reverse_complement=cfg.reverse_complement)
         common = dict(rank=self.rank, world_size=self.world, tokenizer=self.tokenizer, max_tokens=self.max_tokens)
-        val_cfg = StreamConfig(split="val", micro_batch=self.micro, num_workers=0, seed=cfg.seed, shuffle=False)
+        data = self.sources or self.data_dir
+        self.stream = WindowStream(data, stream_cfg, start_sample=self.samples_consumed, **common)
         # The held-out stream is built once; each evaluation restarts it at its first batch.
         self.val_stream = None
-        if self.sources:
-            self.stream = MixedStream(self.sources, stream_cfg, start_batch=self.batches_consumed, **common)
-            self.source_windows = {s.name: int(n) * self.micro for s, n in zip(self.sources, self.stream.source_position(self.batches_consumed))}
-            if all(st.manifest_has_val for st in self.stream.streams):
-                self.val_stream = MixedStream(self.sources, val_cfg, **common)
-            elif self.is_main:
-                log.warning("held-out evaluation is off: not every source of the mix has val shards")
-            return
-        self.stream = WindowStream(self.data_dir, stream_cfg, start_batch=self.batches_consumed, **common)
-        if self.manifest["splits"]["val"]["shards"]:
-            self.val_stream = WindowStream(self.data_dir, val_cfg, **common)
+        if self.stream.manifest_has_val:
+            self.val_stream = WindowStream(data, StreamConfig(split="val", micro_batch=self.micro, order_batch=self.order_batch, num_workers=0, seed=cfg.seed,
+                                                              shuffle=False), **common)
+        elif self.sources and self.is_main:
+            log.warning("held-out evaluation is off: not every source of the mix has val shards")
+
+    def source_windows(self) -> dict[str, int]:
+        """Windows of each source the run (all ranks) has consumed since step 0."""
+        return {s.name: int(n) for s, n in zip(self.sources, self.stream.source_counts(self.samples_consumed))}
 
     def _resolved_config(self) -> dict:
         return {
@@ -225,8 +245,9 @@ class Trainer:
             # Where the first weights came from; a resumed run keeps what its checkpoint recorded.
             "init_from": (read_json_or_none(self.resume_dir / ckpt.CONFIG) or {}).get("init_from") if self.resume_dir else self.init_source,
             "data_manifest": {k: self.manifest[k] for k in ("window_config", "totals")} if not self.sources else
-                             {s.name: {k: st.manifest[k] for k in ("window_config", "totals")} for s, st in zip(self.sources, self.stream.streams)},
+                             {s.name: {k: st.manifest[k] for k in ("window_config", "totals")} for s, st in zip(self.sources, self.stream.sets)},
             "data_mix": [dataclasses.asdict(src) for src in self.sources] if self.sources else None,
+            "data_order": {"order_batch": self.order_batch, "quotas": self.stream.quotas, "lanes": [st.order.lanes for st in self.stream.sets]},
         }
 
     # -- the loop ----------------------------------------------------------------------------------
@@ -260,10 +281,10 @@ class Trainer:
                 summary["eval"] = self.evaluate()
         finally:
             self.close()
-        summary.update(final_step=self.step, losses=losses, batches_consumed=self.batches_consumed)
-        if self.sources:  # this rank's windows per source since step 0 (every rank follows the weights)
-            summary["source_windows"] = dict(self.source_windows)
-            summary["source_shares"] = source_shares(self.source_windows)
+        summary.update(final_step=self.step, losses=losses, samples_consumed=self.samples_consumed)
+        if self.sources:  # the run's windows per source since step 0
+            summary["source_windows"] = self.source_windows()
+            summary["source_shares"] = source_shares(summary["source_windows"])
         if self.device.type == "cuda":
             summary["peak_memory_gib"] = torch.cuda.max_memory_allocated(self.device) / 2**30
         if self.is_main:
@@ -275,19 +296,20 @@ class Trainer:
         figures and the stop flag, so every rank takes the same decision (a rank that stopped alone
         would hang the others)."""
         cfg, step = self.cfg, self.step
-        _seed_everything(cfg.seed, step, self.rank)
         sums = {"loss": 0.0, "n_masked": 0, "n_correct": 0, "mask_ratio": 0.0}
         totals = torch.zeros(len(sums) + 1, device=self.device)
         seq_len = seq_len_at(self.seq_stages, step, cfg.max_steps, self.max_tokens)
+        seen = []
         for micro_step in range(self.accum):
             t0 = time.perf_counter()
             batch = next(self.loader)
             self.meter.data_wait += time.perf_counter() - t0
-            if self.sources:
-                self.source_windows[self.sources[batch["source"]].name] += len(batch["input_ids"])
+            part = int(batch["part"])  # rank x accum + micro_step: this micro batch's place in the global batch
+            seen.append(torch.as_tensor(batch["sources"]) * SOURCE_KEY + torch.as_tensor(batch["sample_ids"]))
+            _seed_everything(cfg.seed, step, part)
             ids, attn = split_windows(*to_device(batch, self.device), seq_len)
             masked, labels, mstats = apply_masking(
-                ids, cfg=self.masking, k=self.span_k, global_step=step, seed=cfg.seed, rank=self.rank, micro_step=micro_step,
+                ids, cfg=self.masking, k=self.span_k, global_step=step, seed=cfg.seed, rank=0, micro_step=part,
                 total_steps=cfg.max_steps, vocab_size=self.tokenizer.vocab_size,
             )
             out = self.engine(masked, attention_mask=attn, labels=labels)
@@ -303,12 +325,19 @@ class Trainer:
                     raise NonFiniteLoss(f"loss is {loss} at global_step {step}; weights were not updated by this step and the last complete checkpoint is intact")
             self.engine.step()
         self.step += 1
-        self.batches_consumed += self.accum
+        self.samples_consumed += self.accum * self.micro * self.world
         self.meter.steps += 1
         lrs = self.engine.get_lr()
         lr = lrs[0] if lrs else 0.0
         return StepResult(step=self.step, loss=loss, mlm_accuracy=n_correct / max(n_masked, 1), mask_ratio=ratio_sum / (self.accum * self.world),
-                          mask_boundary=int(mstats["mask_boundary"]), seq_len=seq_len, lr=lr, stop_requested=stops > 0)
+                          mask_boundary=int(mstats["mask_boundary"]), seq_len=seq_len, lr=lr, stop_requested=stops > 0,
+                          samples=self._gather_samples(torch.cat(seen)) if cfg.record_samples else None)
+
+    def _gather_samples(self, local: torch.Tensor) -> list[int]:
+        """The step's sample keys (source x SOURCE_KEY + sample id) from every rank, in global batch order."""
+        parts = [torch.empty_like(local) for _ in range(self.world)]
+        torch.distributed.all_gather(parts, local.to(self.device))
+        return torch.cat(parts).tolist()
 
     def _log(self, r: StepResult) -> dict:
         window = self.meter.window()
@@ -319,30 +348,33 @@ class Trainer:
         gnorm = self.engine.get_global_grad_norm()
         t = Throughput(tokens_per_s=tokens_per_s, mfu=mfu, data_wait_share=window["data_wait_share"],
                        seconds_per_step=window["seconds"] / max(1, window["steps"]), grad_norm=float(gnorm) if gnorm is not None else float("nan"))
-        self.logger.log(r, t, self.batches_consumed)
+        self.logger.log(r, t, self.samples_consumed)
         if self.sources and self.is_main:
-            shares = source_shares(self.source_windows)
-            log.info("data mix at step %d (windows of rank 0): %s", r.step, ", ".join(
-                f"{s.name} {shares[s.name]:.3f} ({self.source_windows[s.name]}; weight {s.weight:g})" for s in self.sources))
+            windows = self.source_windows()
+            shares = source_shares(windows)
+            log.info("data mix at step %d (windows of the run): %s", r.step, ", ".join(
+                f"{s.name} {shares[s.name]:.3f} ({windows[s.name]}; weight {s.weight:g})" for s in self.sources))
         return {"tokens_per_s": tokens_per_s, "mfu": mfu}
 
     @torch.no_grad()
     def evaluate(self) -> dict:
-        """MLM loss and accuracy on the held-out shards. The mask is drawn as at global_step 0 with a fixed
-        seed, so evaluations along a run (and across runs) score the same masked positions."""
+        """MLM loss and accuracy on the first eval_batches x order_batch held-out windows (at most one epoch
+        of them), micro batch j read by rank j mod world. Each micro batch's mask is drawn as at
+        global_step 0 with a fixed seed and keyed by j, so evaluations along a run (and across runs, and
+        across a resume on another world size with the same micro batch) score the same masked positions."""
         if self.val_stream is None:
             return {}
-        n = min(self.cfg.eval_batches, self.val_stream.plan.batches_per_rank)
+        n = min(self.cfg.eval_batches * self.order_batch, self.val_stream.epoch_samples) // self.micro
         # At the length being trained: pieces of the held-out windows while a stage of the sequence-length
         # curriculum lasts (a model of 34-token pieces has never seen position 35), whole windows after it.
         seq_len = seq_len_at(self.seq_stages, max(self.step - 1, 0), self.cfg.max_steps, self.max_tokens)
         self.engine.eval()
         totals = torch.zeros(3, device=self.device)  # loss x masked, masked, correct
-        batches = self.val_stream.batches(0, 0)
-        for i in range(n):
+        batches = self.val_stream.batches()  # micro batch k of this rank is micro batch j = k x world + rank of the held-out order
+        for j in range(self.rank, n, self.world):
             ids, attn = split_windows(*to_device(next(batches), self.device), seq_len)
-            masked, labels, _ = apply_masking(ids, cfg=self.masking, k=self.span_k, global_step=0, seed=self.cfg.seed + EVAL_SEED_OFFSET, rank=self.rank,
-                                              micro_step=i, total_steps=self.cfg.max_steps, vocab_size=self.tokenizer.vocab_size)
+            masked, labels, _ = apply_masking(ids, cfg=self.masking, k=self.span_k, global_step=0, seed=self.cfg.seed + EVAL_SEED_OFFSET, rank=0,
+                                              micro_step=j, total_steps=self.cfg.max_steps, vocab_size=self.tokenizer.vocab_size)
             out = self.engine(masked, attention_mask=attn, labels=labels)
             totals += torch.stack([out["loss"].float() * out["n_masked"], out["n_masked"].float(), out["n_correct"].float()])
         self.engine.train()
@@ -356,14 +388,14 @@ class Trainer:
         """Every rank writes its part through DeepSpeed; rank 0 marks the checkpoint complete last."""
         d = self.run.checkpoint(self.step)
         weights = distributed.check_replicas(self.engine.module)  # every rank holds the same weights, or stop before saving
-        self.engine.save_checkpoint(str(self.run.checkpoints), tag=d.name, client_state={"global_step": self.step, "batches_consumed": self.batches_consumed})
+        self.engine.save_checkpoint(str(self.run.checkpoints), tag=d.name, client_state={"global_step": self.step, "samples_consumed": self.samples_consumed, **elastic.UNIVERSAL_INFO})
         torch.distributed.barrier()  # every rank's shard of the state is on disk before the marker
         if self.is_main:
             self.tokenizer.save(d / ckpt.TOKENIZER_DIR)
             write_json(d / ckpt.CONFIG, self.resolved)
             ckpt.write_meta(d, {
-                "global_step": self.step, "batches_consumed": self.batches_consumed, "world_size": self.world, "num_workers": self.cfg.num_workers,
-                "micro_batch": self.micro, "seed": self.cfg.seed, "tokenizer": self.tokenizer.to_dict(), "model": self.resolved["model"], "weights_sha256": weights,
+                "global_step": self.step, "samples_consumed": self.samples_consumed, "order_batch": self.order_batch, "world_size": self.world,
+                "num_workers": self.cfg.num_workers, "micro_batch": self.micro, "accum": self.accum, "seed": self.cfg.seed, "tokenizer": self.tokenizer.to_dict(), "model": self.resolved["model"], "weights_sha256": weights,
             })
             ckpt.prune(self.run.checkpoints, self.cfg.keep_last)
         torch.distributed.barrier()
@@ -380,11 +412,14 @@ class Trainer:
             self.logger.close()
 
 
-def _check_resumable(meta: dict, world: int, cfg: TrainConfig, micro: int, resume_dir: Path, mcfg) -> None:
-    """The data position is only exact for the same world size, workers and micro batch, and the run for
-    the same model shape and sequence-length curriculum: refuse otherwise."""
-    want = {"world_size": world, "num_workers": cfg.num_workers, "micro_batch": micro, "seed": cfg.seed}
-    diff = {k: (meta.get(k), v) for k, v in want.items() if meta.get(k) != v}
+def _check_resumable(meta: dict, cfg: TrainConfig, resume_dir: Path, mcfg) -> None:
+    """The world size, workers, micro batch and accumulation may change on resume (the order is global);
+    the seed, the data mix, the model's shape and the sequence-length curriculum may not: refuse those."""
+    if "samples_consumed" not in meta:
+        raise InputError(f"{resume_dir}: written before megadna's global sample order (it records batches per rank, not samples "
+                         "consumed), so its data position cannot be continued. Start a new run from its weights: --init_from "
+                         f"{resume_dir} --resume none --save_dir NEW_DIR")
+    diff = {"seed": (meta.get("seed"), cfg.seed)} if meta.get("seed") != cfg.seed else {}
     # The model's shape (a k-mer basis or not) and the curricula of the step must match too; a checkpoint
     # from before these existed had neither.
     if (meta.get("model") or {}).get("kmer_basis", 0) != mcfg.kmer_basis:
@@ -392,7 +427,7 @@ def _check_resumable(meta: dict, world: int, cfg: TrainConfig, micro: int, resum
     saved = read_json_or_none(resume_dir / ckpt.CONFIG) or {}
     mix = [(m["name"], m["weight"]) for m in saved.get("data_mix") or []]
     now = [(src.name, src.weight) for src in parse_mix(cfg.data)] if is_mix(cfg.data) else []
-    if mix != now:  # each source's position is derived from the weights and their order
+    if mix != now:  # each source's quota in a global batch comes from the weights and their order
         diff["data mix (name, weight)"] = (mix or "(one shard set)", now or "(one shard set)")
     schedule = (saved.get("train") or {}).get("seq_len_schedule", "")
     if parse_schedule(schedule) != parse_schedule(cfg.seq_len_schedule):
@@ -400,8 +435,8 @@ def _check_resumable(meta: dict, world: int, cfg: TrainConfig, micro: int, resum
     if diff:
         detail = ", ".join(f"{k}: checkpoint {a}, now {b}" for k, (a, b) in diff.items())
         raise InputError(
-            f"{resume_dir}: cannot resume exactly ({detail}). Resume with the same settings, or start a new run "
-            f"(--resume none, a new --save_dir). See docs/MULTINODE.md on changing the world size."
+            f"{resume_dir}: cannot resume exactly ({detail}). Resume with the same settings, or start a new run from its "
+            f"weights (--init_from {resume_dir} --resume none, a new --save_dir)."
         )
 
 
@@ -422,8 +457,8 @@ def _load_weights_only(engine, d: Path) -> dict:
 def _check_loaded_state(engine, client: dict, meta: dict, d: Path) -> None:
     """What was loaded must be what megadna.json says was saved: the step and data position in
     DeepSpeed's client state, the engine's own step counter, and the weights' sha256."""
-    want = {"global_step": meta["global_step"], "batches_consumed": meta.get("batches_consumed")}
-    got = {"global_step": client.get("global_step"), "batches_consumed": client.get("batches_consumed")}
+    want = {"global_step": meta["global_step"], "samples_consumed": meta.get("samples_consumed")}
+    got = {"global_step": client.get("global_step"), "samples_consumed": client.get("samples_consumed")}
     diff = [f"{k} {got[k]} in DeepSpeed's client state vs {want[k]} in {ckpt.META}" for k in want if got[k] != want[k]]
     if engine.global_steps != meta["global_step"]:
         diff.append(f"DeepSpeed's own global_steps {engine.global_steps} vs global_step {meta['global_step']} in {ckpt.META}")

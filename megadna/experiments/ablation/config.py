@@ -23,7 +23,7 @@ class AblationConfig:
     seed: int = field(default=0, metadata={"help": "pre-training seed (data order, masking, init): the same for every arm"})
     save_interval: int = field(default=0, metadata={"help": "steps between checkpoints (0: a fifth of max_steps)"})
     log_interval: int = field(default=0, metadata={"help": "steps between log lines (0: a twentieth of max_steps)"})
-    eval_batches: int = field(default=8, metadata={"help": "held-out micro batches per rank for the final MLM eval"})
+    eval_batches: int = field(default=8, metadata={"help": "held-out windows for the final MLM eval, in global batches (the pretrain flag)"})
     bpe_max_bp: int = field(default=20_000_000, metadata={"help": "bases of the train split used to train a bpe<V> arm's tokenizer"})
     pretrain_args: str = field(default="", metadata={"help": "extra launcher arguments, verbatim, for every arm (e.g. '--mask_ratio 0.2')"})
     gue_dir: str = field(default="", metadata={"help": "GUE folder (<task>/<dataset>/{train,dev,test}.csv); empty: pre-training only"})
