@@ -77,10 +77,10 @@ def test_resume_refuses_another_curriculum_or_basis(tmp_path):
     from megadna.train.trainer import _check_resumable
 
     write_json(tmp_path / "config.json", {"train": {"seq_len_schedule": "34:0.3"}})
-    meta = {"world_size": 2, "num_workers": 1, "micro_batch": 8, "seed": 0, "model": model_config("tiny", 4101, kmer_basis=6).to_dict()}
+    meta = {"world_size": 2, "num_workers": 1, "micro_batch": 8, "seed": 0, "samples_consumed": 160, "model": model_config("tiny", 4101, kmer_basis=6).to_dict()}
     same = TrainConfig(seq_len_schedule="34:0.3", kmer_basis=True)
-    _check_resumable(meta, 2, same, 8, tmp_path, model_config("tiny", 4101, kmer_basis=6))
+    _check_resumable(meta, same, tmp_path, model_config("tiny", 4101, kmer_basis=6))
     with pytest.raises(InputError, match=r"seq_len_schedule: checkpoint 34:0.3, now 130:0.5"):
-        _check_resumable(meta, 2, TrainConfig(seq_len_schedule="130:0.5"), 8, tmp_path, model_config("tiny", 4101, kmer_basis=6))
+        _check_resumable(meta, TrainConfig(seq_len_schedule="130:0.5"), tmp_path, model_config("tiny", 4101, kmer_basis=6))
     with pytest.raises(InputError, match=r"kmer_basis \(k\): checkpoint 6, now 0"):
-        _check_resumable(meta, 2, same, 8, tmp_path, model_config("tiny", 4101))
+        _check_resumable(meta, same, tmp_path, model_config("tiny", 4101))

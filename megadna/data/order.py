@@ -7,7 +7,8 @@ resume). The sequence is cut into rounds of `order_batch` samples:
 
 - a round holds a fixed quota of samples from each shard set (the weights, by largest remainder);
 - a shard set's quota is taken from its lanes: each epoch, the set's shards are permuted by
-  (seed, epoch) and the concatenation is cut into `lanes` equal contiguous lanes, each read in
+  (seed, epoch) and the concatenation is cut into `lanes` equal contiguous lanes (the largest divisor
+  of the quota up to 64 and up to the number of shards), each read in
   shuffle blocks of consecutive samples permuted by (seed, epoch, lane, block); a round takes `chunk`
   consecutive samples of every lane (lanes x chunk = quota).
 
@@ -19,6 +20,7 @@ the same few lanes at every step: reading stays local however many ranks there a
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -62,7 +64,8 @@ class Segment:
 @dataclass(frozen=True)
 class SetOrder:
     """One shard set's order: its samples' positions 0, 1, 2, ... (the set's share of the run) -> where
-    each lies (epoch, lane, index in the lane's reading order)."""
+    each lies (epoch, lane, index in the lane's reading order). The sizes are cached: `locate` runs
+    once per sample read."""
 
     shards: tuple[tuple[str, int], ...]  # (relative path, samples) in manifest order
     quota: int  # samples of this set in each round
@@ -71,28 +74,29 @@ class SetOrder:
     shuffle_block: int = 2048
     max_lanes: int = MAX_LANES
 
-    @property
+    @cached_property
     def lanes(self) -> int:
-        return lanes_for(self.quota, self.max_lanes)
+        """At most one lane per shard: more lanes than shards would only open the same shards again."""
+        return lanes_for(self.quota, min(self.max_lanes, len(self.shards)))
 
-    @property
+    @cached_property
     def chunk(self) -> int:
         return self.quota // self.lanes
 
-    @property
+    @cached_property
     def total_samples(self) -> int:
         return sum(n for _, n in self.shards)
 
-    @property
+    @cached_property
     def rounds_per_epoch(self) -> int:
         """Whole rounds an epoch holds; the few samples left over (< quota) sit out that epoch only."""
         return self.total_samples // self.quota
 
-    @property
+    @cached_property
     def lane_len(self) -> int:
         return self.rounds_per_epoch * self.chunk
 
-    @property
+    @cached_property
     def epoch_len(self) -> int:
         return self.rounds_per_epoch * self.quota
 

@@ -10,6 +10,7 @@ with the same global batch, the same samples form the same global batches.
 from __future__ import annotations
 
 import atexit
+import bisect
 import functools
 import itertools
 import os
@@ -156,6 +157,7 @@ class WindowStream:
         self.quotas = quotas([s.weight for s in self.sources], self.order_batch) if self.sources else [self.order_batch]
         self.sets = [ShardSet(loc, cfg, q) for loc, q in zip(locations, self.quotas)]
         self._bounds = np.cumsum([0, *self.quotas])
+        self._starts = self._bounds[:-1].tolist()
         names = [s.name for s in self.sources] if self.sources else [str(self.sets[0].dir)]
         lengths = {name: s.window_bp for name, s in zip(names, self.sets)}
         if len(set(lengths.values())) > 1:
@@ -184,9 +186,11 @@ class WindowStream:
 
     def locate(self, p: int) -> tuple[int, int]:
         """(set index, position within the set) of the run's sample p."""
+        if len(self.quotas) == 1:
+            return 0, p
         t, o = divmod(p, self.order_batch)
-        s = int(np.searchsorted(self._bounds, o, side="right")) - 1
-        return s, t * self.quotas[s] + o - int(self._bounds[s])
+        s = bisect.bisect_right(self._starts, o) - 1
+        return s, t * self.quotas[s] + o - self._starts[s]
 
     def source_counts(self, p: int) -> np.ndarray:
         """Samples of each set among the run's samples 0..p-1."""

@@ -224,7 +224,10 @@ class Trainer:
         # The held-out stream is built once; each evaluation restarts it at its first batch.
         self.val_stream = None
         if self.stream.manifest_has_val:
-            self.val_stream = WindowStream(data, StreamConfig(split="val", micro_batch=self.micro, order_batch=self.order_batch, num_workers=0, seed=cfg.seed,
+            # Its order is fixed by the micro batch (rounds of one micro batch; a mix: of the run's global batch,
+            # which gives every source its quota), not by the world size, so a small held-out split suffices.
+            val_order = self.order_batch if self.sources else self.micro
+            self.val_stream = WindowStream(data, StreamConfig(split="val", micro_batch=self.micro, order_batch=val_order, num_workers=0, seed=cfg.seed,
                                                               shuffle=False), **common)
         elif self.sources and self.is_main:
             log.warning("held-out evaluation is off: not every source of the mix has val shards")
