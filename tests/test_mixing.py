@@ -68,6 +68,18 @@ def test_shares_follow_the_weights_and_each_sources_samples_are_its_own_order(re
         assert mine == [x for _ in range(len(mine) // quota) for x in next(own)["seqs"]]
 
 
+def test_each_source_reads_each_window_once_per_epoch_of_its_own(real_shards, plant_shards):
+    mixed = _stream(parse_mix(f"worm=0.7:{real_shards},plant=0.3:{plant_shards}"))
+    lens = [st.order.epoch_len for st in mixed.sets]
+    assert lens[0] != lens[1]  # the sources' epochs end at different places of the run
+    n = max((e // q + 2) * 20 for e, q in zip(lens, mixed.quotas))
+    per = {0: [], 1: []}
+    for _, _, s, sid, _ in mixed.samples(0, n):
+        per[s].append(sid)
+    for s, e in enumerate(lens):
+        assert len(per[s]) > e and len(set(per[s][:e])) == e, s  # crossed its own epoch boundary, each window once before it
+
+
 @pytest.mark.parametrize("workers", [0, 2])
 def test_loader_workers_and_world_sizes_give_the_same_batches_and_a_resume_continues_them(real_shards, plant_shards, workers):
     sources = parse_mix(f"worm=0.7:{real_shards},plant=0.3:{plant_shards}")

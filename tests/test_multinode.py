@@ -49,7 +49,7 @@ def _env(**extra) -> dict:
 def _train_args(data, save_dir, max_steps, *more) -> list[str]:
     return ["--deepspeed_config", str(ROOT / "ds_configs" / "cpu_tiny.json"), "--progress", "false", "--data", str(data),
             "--save_dir", str(save_dir), "--max_steps", str(max_steps), "--save_interval", str(max_steps),
-            "--eval_interval", "0", "--log_interval", "1", "--num_workers", "1", *map(str, more)]
+            "--eval_interval", "0", "--log_interval", "1", "--num_workers", "1", "--record_samples", "true", *map(str, more)]
 
 
 def _start(cmd, env, log: Path) -> subprocess.Popen:
@@ -141,7 +141,8 @@ def test_two_node_job_ranks_hold_identical_weights(two_node_run):
 def test_two_node_job_ranks_read_disjoint_data(two_node_run):
     """The data order of the run (world size 2, micro batch and seed of the run's config): global batches
     of 16 take one sample from each of 16 lanes; rank r's half of every batch comes from lanes 8r..8r+7
-    for the whole epoch, so node 0's rank and node 1's read disjoint windows."""
+    for the whole epoch, so node 0's rank and node 1's read disjoint windows. What the two ranks really
+    trained on (--record_samples) is that order."""
     from megadna.data.stream import StreamConfig, WindowStream
 
     cfg = json.loads(RunDir(two_node_run["save"]).config.read_text())
@@ -156,6 +157,11 @@ def test_two_node_job_ranks_read_disjoint_data(two_node_run):
         assert len(got) == len(set(got)) == s.batches_per_epoch * 8
         windows.append(set(got))
     assert not windows[0] & windows[1]
+    recorded = [r["samples"] for r in RunDir(two_node_run["save"]).read_metrics()]
+    assert len(recorded) == STEPS and len({k for step in recorded for k in step}) == STEPS * 16
+    for r, s in enumerate(streams):  # rank r's half of each global batch: its own micro batches, in order
+        want = [sid for k in range(STEPS) for _, _, _, sid, _ in s.samples(s.deal.first(k), 8)]
+        assert [k for step in recorded for k in step[8 * r:8 * r + 8]] == want
 
 
 FAKE_SCONTROL = """\

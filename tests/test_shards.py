@@ -214,6 +214,10 @@ def test_an_epoch_reads_every_window_once_except_fewer_than_a_round(athal_shards
     assert {o.locate(p)[0] for p in range(o.epoch_len)} == {0} and o.locate(o.epoch_len)[0] == 1
     keys = [(meta["contig"], meta["start"]) for _, meta, _ in _read_epoch(s, with_meta=True)]
     assert len(keys) == len(set(keys)) == o.epoch_len and total - 24 < o.epoch_len <= total
+    # The stream's own path (positions -> lanes), across the epoch boundary: each window once per epoch.
+    ids = [sid for _, _, _, sid, _ in s.samples(0, o.epoch_len + 100)]
+    assert len(set(ids[:o.epoch_len])) == o.epoch_len and set(ids[:o.epoch_len]) == {sid for _, _, sid in _read_epoch(s)}
+    assert len(set(ids[o.epoch_len:])) == 100
     # A different epoch leaves out different windows (the shard order is re-drawn).
     other = {(meta["contig"], meta["start"]) for _, meta, _ in _read_epoch(s, 1, with_meta=True)}
     assert other != set(keys)

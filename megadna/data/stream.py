@@ -218,7 +218,7 @@ class WindowStream:
             key = (s, epoch, lane)
             reader = lanes.get(key)
             if reader is None or q < reader.block * self.cfg.shuffle_block:
-                for old in [k for k in lanes if k[0] == s and k[1] < epoch - 1]:  # readers of finished epochs
+                for old in [k for k in lanes if k[0] == s and k[1] < epoch]:  # readers of this set's finished epochs
                     del lanes[old]
                 reader = lanes[key] = _Lane(self.sets[s], epoch, lane, self.cfg.reverse_complement, with_meta)
             bases, meta, sid, flip = reader.get(q)

@@ -386,7 +386,7 @@ def on_main(fn, what: str) -> None:
     if not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0:
         try:
             fn()
-        except InputError as e:
+        except Exception as e:  # noqa: BLE001 (any failure: the others must hear of it before rank 0 raises it)
             failed, error = 1, e
     if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
         flag = torch.tensor([failed], dtype=torch.int64, device=_device())

@@ -374,12 +374,15 @@ class Trainer:
         self.engine.eval()
         totals = torch.zeros(3, device=self.device)  # loss x masked, masked, correct
         batches = self.val_stream.batches()  # micro batch k of this rank is micro batch j = k x world + rank of the held-out order
-        for j in range(self.rank, n, self.world):
+        # Every rank runs the same number of forward passes (ZeRO-3's forward is a collective); a pass
+        # past the n micro batches counts for nothing.
+        for j in range(self.rank, -(-n // self.world) * self.world, self.world):
             ids, attn = split_windows(*to_device(next(batches), self.device), seq_len)
             masked, labels, _ = apply_masking(ids, cfg=self.masking, k=self.span_k, global_step=0, seed=self.cfg.seed + EVAL_SEED_OFFSET, rank=0,
                                               micro_step=j, total_steps=self.cfg.max_steps, vocab_size=self.tokenizer.vocab_size)
             out = self.engine(masked, attention_mask=attn, labels=labels)
-            totals += torch.stack([out["loss"].float() * out["n_masked"], out["n_masked"].float(), out["n_correct"].float()])
+            if j < n:
+                totals += torch.stack([out["loss"].float() * out["n_masked"], out["n_masked"].float(), out["n_correct"].float()])
         self.engine.train()
         torch.distributed.all_reduce(totals)
         loss_x_masked, n_masked, n_correct = totals.tolist()
