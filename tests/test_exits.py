@@ -335,6 +335,24 @@ def test_batch_sizes_below_one_are_refused_naming_file_and_key(tmp_path, changes
         load_ds_config(str(path), max_steps=3)
 
 
+def test_train_batch_size_sets_the_accumulation_for_the_world_size_or_is_refused_with_the_figures(tmp_path):
+    cfg = json.loads((ROOT / "ds_configs" / "cpu_tiny.json").read_text())
+    del cfg["gradient_accumulation_steps"]
+    path = tmp_path / "ds.json"
+    path.write_text(json.dumps(cfg | {"train_batch_size": 32}))
+    # micro 8: 4 steps on 1 rank, 2 on 2, 1 on 4 -- the same global batch on any of them
+    assert [load_ds_config(str(path), 3, world)["gradient_accumulation_steps"] for world in (1, 2, 4)] == [4, 2, 1]
+    with pytest.raises(InputError, match=rf"^{path}: train_batch_size 32 is not micro batch 8 x 3 rank\(s\) x a whole number"):
+        load_ds_config(str(path), 3, 3)
+    path.write_text(json.dumps(cfg | {"train_batch_size": 32, "gradient_accumulation_steps": 1}))
+    with pytest.raises(InputError, match=rf"^{path}: train_batch_size 32 != micro batch 8 x gradient_accumulation_steps 1 x 2 rank"):
+        load_ds_config(str(path), 3, 2)
+    assert load_ds_config(str(path), 3, 4)["gradient_accumulation_steps"] == 1
+    path.write_text(json.dumps(cfg | {"train_batch_size": "32"}))
+    with pytest.raises(InputError, match=r'train_batch_size is "32"'):
+        load_ds_config(str(path), 3, 1)
+
+
 class _NoHalfAccelerator:
     """A stand-in for DeepSpeed's CPU accelerator on a CPU without fp16 kernels (mkldnn)."""
 

@@ -62,13 +62,16 @@ class TrainConfig:
 # --------------------------------------------------------------------------------------------------
 
 
-def load_ds_config(path: str, max_steps: int) -> dict:
+def load_ds_config(path: str, max_steps: int, world_size: int | None = None) -> dict:
     """Read the DeepSpeed JSON and resolve the two "auto" schedule lengths from --max_steps.
 
     Only the scheduler's total_num_steps (-> max_steps) and warmup_num_steps (-> 5% of max_steps) may be
     "auto". Checked here, as one-line errors naming the file (DeepSpeed's own checks are tracebacks):
-    the micro batch and accumulation steps are integers >= 1, and fp16/bf16 only where the accelerator
-    supports it. Everything else is DeepSpeed's to validate.
+    the micro batch and accumulation steps are integers >= 1, fp16/bf16 only where the accelerator
+    supports it, and, given the world size, the batch sizes: a config that names train_batch_size and
+    no gradient_accumulation_steps gets the accumulation that keeps that global batch on this world
+    size (what makes a resume on fewer or more nodes keep its batch), and one that names both must agree.
+    Everything else is DeepSpeed's to validate.
     """
     p = Path(path)
     cfg = read_json(p, "DeepSpeed config")
@@ -88,7 +91,28 @@ def load_ds_config(path: str, max_steps: int) -> dict:
         params["warmup_num_steps"] = max(1, round(0.05 * max_steps))
     if cfg.get("train_batch_size") == "auto":
         del cfg["train_batch_size"]  # DeepSpeed derives it from micro batch x accumulation x world size
+    if world_size is not None:
+        _resolve_batch(cfg, p, world_size)
     return cfg
+
+
+def _resolve_batch(cfg: dict, path: Path, world: int) -> None:
+    """train_batch_size = micro batch x accumulation x world size, or a one-line error with the figures."""
+    total = cfg.get("train_batch_size")
+    if total is None:
+        return
+    if isinstance(total, bool) or not isinstance(total, int) or total < 1:
+        raise InputError(f"{path}: train_batch_size is {json.dumps(total)}; it must be an integer >= 1 or \"auto\"")
+    micro = cfg["train_micro_batch_size_per_gpu"]
+    if "gradient_accumulation_steps" not in cfg:
+        accum, rest = divmod(total, micro * world)
+        if rest or not accum:
+            raise InputError(f"{path}: train_batch_size {total} is not micro batch {micro} x {world} rank(s) x a whole number of "
+                             f"accumulation steps; use a world size or micro batch that divides it")
+        cfg["gradient_accumulation_steps"] = accum
+    elif total != micro * cfg["gradient_accumulation_steps"] * world:
+        raise InputError(f"{path}: train_batch_size {total} != micro batch {micro} x gradient_accumulation_steps "
+                         f"{cfg['gradient_accumulation_steps']} x {world} rank(s); drop one of them (DeepSpeed derives it)")
 
 
 def check_precision(cfg: dict, path: Path, accelerator=None) -> None:

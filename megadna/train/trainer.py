@@ -120,7 +120,7 @@ class Trainer:
         self.run = RunDir(cfg.save_dir)
         distributed.check_shared_dir(self.run.root, "--save_dir")
         torch.manual_seed(cfg.seed)  # model init: identical on every rank
-        self.ds_cfg = load_ds_config(ds_config_path, cfg.max_steps)
+        self.ds_cfg = load_ds_config(ds_config_path, cfg.max_steps, self.world)
         self.micro = int(self.ds_cfg["train_micro_batch_size_per_gpu"])
         self.accum = int(self.ds_cfg.get("gradient_accumulation_steps", 1))
         self.resume_dir = ckpt.resolve_resume(cfg.resume, self.run.checkpoints)
