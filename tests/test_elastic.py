@@ -24,12 +24,14 @@ def _ok(proc):
 
 
 @pytest.fixture(scope="module")
-def accum2(tmp_path_factory) -> str:
-    """cpu_tiny.json with 2 micro batches per step: 1 rank x 2 x 8 is the global batch of 2 ranks x 1 x 8."""
+def batch16(tmp_path_factory) -> str:
+    """cpu_tiny.json with train_batch_size 16 and no accumulation steps: megadna derives them, 1 on 2
+    ranks and 2 on 1 rank (micro batch 8), so the one config keeps the global batch on both."""
     root = Path(__file__).resolve().parents[1]
     cfg = json.loads((root / "ds_configs" / "cpu_tiny.json").read_text())
-    cfg["gradient_accumulation_steps"] = 2
-    path = tmp_path_factory.mktemp("ds") / "accum2.json"
+    del cfg["gradient_accumulation_steps"]
+    cfg["train_batch_size"] = 16
+    path = tmp_path_factory.mktemp("ds") / "batch16.json"
     path.write_text(json.dumps(cfg))
     return str(path)
 
@@ -56,13 +58,12 @@ def straight(real_shards, tmp_path_factory):
 
 
 @pytest.mark.parametrize("before, after", [(2, 1), (1, 2)])
-def test_resume_on_another_world_size_continues_the_same_samples_and_losses(real_shards, straight, accum2, tmp_path, before, after):
+def test_resume_on_another_world_size_continues_the_same_samples_and_losses(real_shards, straight, batch16, tmp_path, before, after):
     ref, ref_evals = straight
     save = tmp_path / "split"
-    configs = {2: "ds_configs/cpu_tiny.json", 1: accum2}
-    _ok(run(pretrain_cmd(*_args(real_shards, save, "--stop_at_step", 10, "--num_workers", 1), num_gpus=before, ds_config=configs[before])))
+    _ok(run(pretrain_cmd(*_args(real_shards, save, "--stop_at_step", 10, "--num_workers", 1), num_gpus=before, ds_config=batch16)))
     # Resumed with another worker count too (batches do not depend on it).
-    resumed = _ok(run(pretrain_cmd(*_args(real_shards, save, "--num_workers", 2), num_gpus=after, ds_config=configs[after])))
+    resumed = _ok(run(pretrain_cmd(*_args(real_shards, save, "--num_workers", 2), num_gpus=after, ds_config=batch16)))
     assert f"world size {before} -> {after}" in resumed.stdout
     got, want = _steps(save), _steps(ref)
     assert [r["step"] for r in got] == list(range(1, 21))
@@ -77,7 +78,8 @@ def test_resume_on_another_world_size_continues_the_same_samples_and_losses(real
     meta = ckpt.read_meta(conv)
     assert conv.name == ckpt.tag_for(10) and meta["source_world_size"] == before and ckpt.verify_files(conv, meta)
     assert (conv / "zero").is_dir()
-    assert ckpt.read_meta(RunDir(save).checkpoint(20))["world_size"] == after
+    last = ckpt.read_meta(RunDir(save).checkpoint(20))
+    assert (last["world_size"], last["accum"], last["order_batch"]) == (after, 2 // after, 16)
 
 
 def test_what_cannot_change_on_resume_is_refused_in_one_line(tmp_path):
