@@ -233,6 +233,32 @@ def test_slurm_job_resumes_the_two_node_run_and_saves_on_preemption(two_node_run
     assert not (tmp_path / f"hostfile.{job_id}").exists()  # the generated hostfile is cleaned up
 
 
+@pytest.mark.slow
+def test_the_two_node_run_resumes_on_one_node_with_the_same_global_batches(two_node_run, tmp_path):
+    """A node is lost: the two-node checkpoint (2 ranks x micro 8) continues on one node with one rank.
+    The DeepSpeed config gives train_batch_size 16 and no accumulation (megadna derives 2), the ZeRO-2
+    state goes through the universal checkpoint, and the next global batches are the order's next ones."""
+    from launch import pretrain_cmd, run
+
+    from megadna.data.stream import StreamConfig, WindowStream
+
+    save = tmp_path / "run"
+    shutil.copytree(two_node_run["save"], save)
+    cfg = json.loads((ROOT / "ds_configs" / "cpu_tiny.json").read_text())
+    del cfg["gradient_accumulation_steps"]
+    (tmp_path / "ds.json").write_text(json.dumps(cfg | {"train_batch_size": 16}))
+    args = _train_args(two_node_run["data"], save, 2 * STEPS)[2:]  # less its --deepspeed_config: pretrain_cmd gives ds.json
+    proc = run(pretrain_cmd(*args, num_gpus=1, ds_config=str(tmp_path / "ds.json")))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert f"at global_step {STEPS} (samples consumed: {STEPS * 16}, world size 2 -> 1)" in proc.stdout
+    recorded = [r["samples"] for r in RunDir(save).read_metrics()]
+    order = WindowStream(two_node_run["data"], StreamConfig(micro_batch=16, seed=0))
+    assert recorded == [[sid for _, _, _, sid, _ in order.samples(16 * g, 16)] for g in range(2 * STEPS)]
+    meta = ckpt.read_meta(RunDir(save).checkpoint(2 * STEPS))
+    assert (meta["world_size"], meta["accum"], meta["samples_consumed"]) == (1, 2, 2 * STEPS * 16)
+    assert [p.name for p in RunDir(save).universal.iterdir()] == [ckpt.tag_for(STEPS)]
+
+
 # --------------------------------------------------------------------------------------------------
 # Failures end in bounded time
 # --------------------------------------------------------------------------------------------------
