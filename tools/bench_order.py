@@ -54,7 +54,7 @@ def main(argv=None) -> int:
         shutil.rmtree(tmp, ignore_errors=True)
     info = machine()
     print(json.dumps(info))
-    print(f"{args.contigs} contigs x {args.contig_mbp:g} Mbp, {m['totals']['windows'] if 'windows' in m['totals'] else m['splits']['train']['windows']} windows of "
+    print(f"{args.contigs} contigs x {args.contig_mbp:g} Mbp, {m['totals']['windows']} windows of "
           f"{args.window} bp in {len(m['splits']['train']['shards'])} shards (written in {t_write:.0f} s); global batch {args.global_batch}, first {args.batches} batches")
     print(markdown_table(rows))
     print(f"total {time.perf_counter() - t0:.0f} s")

@@ -156,8 +156,7 @@ class WindowStream:
         locations = [s.location for s in self.sources] if self.sources else [data]
         self.quotas = quotas([s.weight for s in self.sources], self.order_batch) if self.sources else [self.order_batch]
         self.sets = [ShardSet(loc, cfg, q) for loc, q in zip(locations, self.quotas)]
-        self._bounds = np.cumsum([0, *self.quotas])
-        self._starts = self._bounds[:-1].tolist()
+        self._starts = np.cumsum([0, *self.quotas[:-1]]).tolist()  # each set's first place in a round
         names = [s.name for s in self.sources] if self.sources else [str(self.sets[0].dir)]
         lengths = {name: s.window_bp for name, s in zip(names, self.sets)}
         if len(set(lengths.values())) > 1:
@@ -195,7 +194,7 @@ class WindowStream:
     def source_counts(self, p: int) -> np.ndarray:
         """Samples of each set among the run's samples 0..p-1."""
         t, o = divmod(int(p), self.order_batch)
-        return t * np.asarray(self.quotas) + np.clip(o - self._bounds[:-1], 0, self.quotas)
+        return t * np.asarray(self.quotas) + np.clip(o - np.asarray(self._starts), 0, self.quotas)
 
     def lanes_read(self, n_batches: int) -> set[tuple[int, int, int]]:
         """(set, epoch, lane) of every lane this rank's first n micro batches read from."""

@@ -61,10 +61,15 @@ def weights_only_loads():
         yield
 
 
+def universal_dir(resume_dir: Path, out_root: Path) -> Path:
+    """Where the universal form of checkpoint `resume_dir` lives under out_root."""
+    return out_root / resume_dir.name
+
+
 def universal_copy(resume_dir: Path, meta: dict, out_root: Path) -> Path:
     """The universal form of checkpoint `resume_dir`, under out_root: reused when a complete copy of this
     checkpoint (same step and weights) is there and its files check out, else converted anew (rank 0)."""
-    out = out_root / resume_dir.name
+    out = universal_dir(resume_dir, out_root)
     if out.is_dir():
         try:
             have = ckpt.read_meta(out)
@@ -97,4 +102,4 @@ def universal_copy(resume_dir: Path, meta: dict, out_root: Path) -> Path:
     return out
 
 
-__all__ = ["UNIVERSAL_INFO", "needs_universal", "universal_copy", "weights_only_loads", "zero_stage"]
+__all__ = ["UNIVERSAL_INFO", "needs_universal", "universal_copy", "universal_dir", "weights_only_loads", "zero_stage"]

@@ -126,6 +126,8 @@ class Trainer:
         self.resume_dir = ckpt.resolve_resume(cfg.resume, self.run.checkpoints)
         self.resume_meta = ckpt.read_meta(self.resume_dir) if self.resume_dir else None
         self._setup_data_and_model()
+        if self.resume_dir:
+            _check_resumable(self.resume_meta, self.cfg, self.resume_dir, self.mcfg)
         self.load_dir = self._elastic_load_dir()
         model = BertForMLM(self.mcfg)
         self.init_source = self._init_from(model)
@@ -173,12 +175,11 @@ class Trainer:
         size with ZeRO-1/2) its universal copy, which rank 0 makes once (megadna.train.elastic)."""
         if not self.resume_dir:
             return None
-        _check_resumable(self.resume_meta, self.cfg, self.resume_dir, self.mcfg)
         if not elastic.needs_universal(self.resume_meta, self.world, self.ds_cfg, self.resume_dir):
             return self.resume_dir
         distributed.on_main(lambda: elastic.universal_copy(self.resume_dir, self.resume_meta, self.run.universal),
                             f"converting {self.resume_dir} to a universal checkpoint")
-        return self.run.universal / self.resume_dir.name
+        return elastic.universal_dir(self.resume_dir, self.run.universal)
 
     def _init_from(self, model: BertForMLM) -> dict | None:
         """--init_from: the source's weights into the new model (a resumed run has its own weights)."""
@@ -302,13 +303,14 @@ class Trainer:
         sums = {"loss": 0.0, "n_masked": 0, "n_correct": 0, "mask_ratio": 0.0}
         totals = torch.zeros(len(sums) + 1, device=self.device)
         seq_len = seq_len_at(self.seq_stages, step, cfg.max_steps, self.max_tokens)
-        seen = []
+        seen = []  # --record_samples: this rank's sample keys of the step
         for micro_step in range(self.accum):
             t0 = time.perf_counter()
             batch = next(self.loader)
             self.meter.data_wait += time.perf_counter() - t0
             part = int(batch["part"])  # rank x accum + micro_step: this micro batch's place in the global batch
-            seen.append(torch.as_tensor(batch["sources"]) * SOURCE_KEY + torch.as_tensor(batch["sample_ids"]))
+            if cfg.record_samples:
+                seen.append(torch.as_tensor(batch["sources"]) * SOURCE_KEY + torch.as_tensor(batch["sample_ids"]))
             _seed_everything(cfg.seed, step, part)
             ids, attn = split_windows(*to_device(batch, self.device), seq_len)
             masked, labels, mstats = apply_masking(
