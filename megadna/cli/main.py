@@ -23,6 +23,7 @@ SUBCOMMANDS = {
     "compare-tokenizers": ("compare_tokenizers", "compare tokenizers on the same windows (length, vocab use, speed)"),
     "ablate-tokenizers": ("ablate_tokenizers", "tokenizer x masking ablation: equal pre-training budgets, then GUE"),
     "analyze-attention": ("analyze_attention", "per-layer, per-head attention entropy and focus of models on held-out windows"),
+    "analyze-embeddings": ("analyze_embeddings", "share of k-mer models' embedding tables linear in the bases (composition) vs k-mer identity"),
     "learn-overlap": ("learn_overlap", "a small in-process MLM run: does a model learn the k-mer overlap (seconds on a CPU)?"),
     "plot-masking": ("plot_masking", "plot the masking curriculum (boundary, mask ratio) over a run"),
     "check-hostfile": ("check_hostfile", "check a DeepSpeed hostfile and the nodes it names"),
