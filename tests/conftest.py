@@ -86,3 +86,26 @@ def real_shards(shared_data, tmp_path_factory):
     fastas = [shared_data / "genomes" / "C.elegans.fa.gz", shared_data / "genomes" / "D.melanogaster.fa.gz"]
     write_shards(fastas, out, WindowConfig(window=510, stride=255, val_fraction=0.05), ShardConfig(samples_per_shard=500))
     return out
+
+
+@pytest.fixture
+def altered_shards(tmp_path):
+    """An uncompressed shard set whose first train shard has one base of one window changed: still a
+    well-formed tar with the right sample count, so only the manifest's size and sha256 can tell.
+    Returns (shard_dir, the altered shard's file name)."""
+    import tarfile
+
+    from megadna.data.genome import WindowConfig
+    from megadna.data.shard_writer import ShardConfig, write_shards
+    from megadna.data.synthetic import write_synthetic_fasta
+
+    fasta = write_synthetic_fasta(tmp_path / "g.fa", n_contigs=2, length=20_000, seed=1)
+    out = tmp_path / "shards"
+    write_shards([fasta], out, WindowConfig(window=200, stride=200, val_fraction=0.2), ShardConfig(samples_per_shard=40, compress=False))
+    victim = sorted((out / "train").glob("*.tar"))[0]
+    with tarfile.open(victim) as tar:
+        at = next(m for m in tar.getmembers() if m.name.endswith(".seq.txt")).offset_data + 10
+    data = bytearray(victim.read_bytes())
+    data[at] = ord("C") if data[at] != ord("C") else ord("G")
+    victim.write_bytes(bytes(data))
+    return out, victim.name

@@ -128,3 +128,14 @@ def test_tiny_ablation_on_cpu_and_skip_on_rerun(real_shards, shared_data, tmp_pa
         assert e.value.code == 2
     finally:
         torch.set_num_threads(n)
+
+
+def test_bpe_window_scan_refuses_a_shard_the_manifest_does_not_describe(altered_shards, tmp_path):
+    from megadna.experiments.ablation.plan import window_tokens
+    from megadna.tokenizers import train_bpe
+
+    shards, altered = altered_shards
+    rng = np.random.default_rng(0)
+    bpe = train_bpe(["".join(rng.choice(list("ACGT"), 20_000))], 64, tmp_path / "bpe64")
+    with pytest.raises(InputError, match=altered):
+        window_tokens(bpe, shards, max_positions=512)

@@ -412,3 +412,11 @@ def test_train_bpe_command_line(shared_data, tmp_path, capsys):
         main(["--fasta", str(tmp_path / "missing.fa"), "--out", str(tmp_path / "x")])
     assert exit_info.value.code == 2
     assert "missing.fa" in capsys.readouterr().err
+
+
+def test_bpe_corpus_from_shards_refuses_a_shard_the_manifest_does_not_describe(altered_shards):
+    from megadna.tokenizers.bpe_corpus import shard_sequences
+
+    shards, altered = altered_shards
+    with pytest.raises(InputError, match=altered):
+        list(shard_sequences(shards))  # a changed base, in a tar that still parses: only the sha256 tells

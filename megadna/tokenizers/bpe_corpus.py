@@ -36,7 +36,7 @@ def shard_sequences(shard_dir) -> Iterator[bytes]:
     for shard in manifest["splits"]["train"]["shards"]:
         path = shard_dir / "train" / shard["name"]
         try:
-            for seq, _ in iter_shard(path):
+            for seq, _ in iter_shard(path, expect=shard):  # size, sha256 and sample count as the manifest says
                 yield seq
         except CorruptShard as err:
             raise InputError(f"{err}; re-make the shards (tools/make_shards.py)") from None
