@@ -30,10 +30,10 @@ _OTHER_MAGIC = {b"BZh": "bzip2", b"\x28\xb5\x2f\xfd": "zstd", b"\xfd7zXZ\x00": "
 
 _IUPAC_AMBIGUOUS = b"RYKMSWBDHV"
 _NUCLEOTIDES = b"ACGTN" + _IUPAC_AMBIGUOUS
-_VALID = _NUCLEOTIDES + _NUCLEOTIDES.lower()
-_TO_UPPER = bytes.maketrans(_VALID, _VALID.upper())
-_TO_UPPER_N = bytes.maketrans(_VALID, b"ACGTN" + b"N" * len(_IUPAC_AMBIGUOUS) + b"ACGTN" + b"N" * len(_IUPAC_AMBIGUOUS))
-_VALID_OR_LF = _VALID + b"\n"
+NUCLEOTIDE_CODES = _NUCLEOTIDES + _NUCLEOTIDES.lower()  # the bytes a sequence may hold, either case (public: the infer readers share it)
+_TO_UPPER = bytes.maketrans(NUCLEOTIDE_CODES, NUCLEOTIDE_CODES.upper())
+_TO_UPPER_N = bytes.maketrans(NUCLEOTIDE_CODES, b"ACGTN" + b"N" * len(_IUPAC_AMBIGUOUS) + b"ACGTN" + b"N" * len(_IUPAC_AMBIGUOUS))
+_VALID_OR_LF = NUCLEOTIDE_CODES + b"\n"
 # Decompressed bytes read at a time. Lines and records straddle blocks freely (tests shrink it to a few
 # bytes); large blocks make the per-block Python cost negligible. Gzip returns less, ~25 kB per read.
 _BLOCK_BYTES = 1 << 20
@@ -176,7 +176,7 @@ class _FastaParser:
             if self.name is None:
                 raise InputError(f"{where(self.shown, line=lineno + i)}: sequence before the first '>' "
                                  f"header; a FASTA file must start with a '>name' line.")
-            bad = line.translate(None, _VALID)
+            bad = line.translate(None, NUCLEOTIDE_CODES)
             if bad:
                 raise _bad_char_error(line, bad, self.shown, self.name, lineno + i)
             stripped.append(line)

@@ -64,7 +64,7 @@ def _read_rows(path: Path) -> _Rows:
     if not path.is_file():
         raise InputError(f"{path}: missing; a GUE dataset folder holds train.csv, dev.csv and test.csv")
     seqs, cells, lines = [], [], []
-    reader = csv.reader(io.StringIO(_read_utf8(path), newline=""))
+    reader = csv.reader(io.StringIO(read_utf8(path), newline=""))
     try:
         header = next(reader, None)
         if header is None:
@@ -109,7 +109,7 @@ def read_split(path: Path, problem: str = "classification") -> Split:
     return _to_split(_read_rows(path), problem)
 
 
-def _read_utf8(path: Path) -> str:
+def read_utf8(path: Path) -> str:
     """The file's text; bytes that are not UTF-8 are an error naming the line and the byte within it."""
     data = path.read_bytes()
     try:

@@ -20,10 +20,9 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from megadna.data.genome import _VALID as NUCLEOTIDE_CODES  # the one alphabet every megadna reader accepts
-from megadna.data.genome import read_fasta
+from megadna.data.genome import NUCLEOTIDE_CODES, read_fasta  # NUCLEOTIDE_CODES: the one alphabet every megadna reader accepts
 from megadna.errors import InputError, where
-from megadna.eval.data import _read_utf8
+from megadna.eval.data import read_utf8
 from megadna.tokenizers.base import pack_rows
 from megadna.tokenizers.codes import normalize
 
@@ -78,7 +77,7 @@ def read_table(path, required: Sequence[str], expected: str) -> Table:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: no such file")
-    reader = csv.reader(io.StringIO(_read_utf8(path), newline=""))
+    reader = csv.reader(io.StringIO(read_utf8(path), newline=""))
     rows, lines = [], []
     try:
         header = next(reader, None)
