@@ -28,15 +28,20 @@ def test_a_random_table_scores_its_expected_share_and_a_basis_table_one():
     rng = np.random.default_rng(0)
     k = 3
     shares = [base_linear_share(rng.normal(size=(N_SPECIAL + 4**k, 64)), k) for _ in range(20)]
-    assert np.mean(shares) == pytest.approx(random_table_share(k), abs=0.01)  # 9 / 63
+    assert np.mean(shares) == pytest.approx(random_table_share(k), abs=0.005)  # 9 / 63; the mean's sd is ~0.002
+    assert base_linear_share(rng.normal(size=(N_SPECIAL + 4, 8)), 1) == pytest.approx(1.0) == random_table_share(1)
     basis = _basis_table(k, 64, rng)
     assert base_linear_share(basis, k) == pytest.approx(1.0, abs=1e-9)
-    # The special rows do not count; a residual of the same size as the basis part halves the share.
+    # A residual with as much variance as the basis part: (1 + 9/63) / 2 expected.
     noise = rng.normal(size=basis.shape)
-    noise[N_SPECIAL:] *= np.sqrt((kmer_rows(basis, k).var(axis=0).sum()) / noise[N_SPECIAL:].var(axis=0).sum())
-    assert 0.4 < base_linear_share(basis + noise, k) < 0.6
-    with pytest.raises(InputError, match="does not hold the 64 rows"):
-        base_linear_share(rng.normal(size=(40, 8)), k)
+    noise[N_SPECIAL:] *= np.sqrt(kmer_rows(basis, k).var(axis=0).sum() / noise[N_SPECIAL:].var(axis=0).sum())
+    mixed = base_linear_share(basis + noise, k)
+    assert mixed == pytest.approx((1 + random_table_share(k)) / 2, abs=0.05)
+    # The special rows do not count.
+    basis[:N_SPECIAL] = 1e6
+    assert base_linear_share(basis, k) == pytest.approx(1.0, abs=1e-9)
+    with pytest.raises(InputError, match="does not hold the 5 special and 64 k-mer rows"):
+        base_linear_share(rng.normal(size=(4**k, 8)), k)
 
 
 def test_cli_reads_the_folded_table_of_a_basis_model(tmp_path, capsys):
@@ -51,6 +56,9 @@ def test_cli_reads_the_folded_table_of_a_basis_model(tmp_path, capsys):
     result = json.loads((out / "embeddings.json").read_text())
     assert result["b"]["base_linear_share"] > 0.99 and result["p"]["base_linear_share"] < 0.3
     assert "| b | 3 |" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exc:  # two exports in folders of one name: refused, not merged into one row
+        cli.main(["--models", f"{tmp_path / 'basis'},{tmp_path / 'basis'}"])
+    assert exc.value.code == 2 and "named alike" in capsys.readouterr().err
 
 
 def test_cli_refuses_a_model_without_a_kmer_vocabulary(tmp_path, capsys):

@@ -38,13 +38,13 @@ def measure(path: str) -> dict:
     table = model.materialized().bert.embeddings.word_embeddings.weight.detach().numpy()
     rows = kmer_rows(table, k)
     return {"model": str(path), "k": k, "base_linear_share": base_linear_share(table, k),
-            "random_table_share": random_table_share(k), "mean_row_norm": float((rows**2).sum(axis=1).mean() ** 0.5)}
+            "random_table_share": random_table_share(k), "rms_row_norm": float((rows**2).sum(axis=1).mean() ** 0.5)}
 
 
 def table(results: dict[str, dict]) -> str:
     rows = ["| model | k | variance linear in the bases | a random table's | rms row norm |", "|---|---:|---:|---:|---:|"]
     for name, r in results.items():
-        rows.append(f"| {name} | {r['k']} | {100 * r['base_linear_share']:.1f}% | {100 * r['random_table_share']:.2f}% | {r['mean_row_norm']:.3f} |")
+        rows.append(f"| {name} | {r['k']} | {100 * r['base_linear_share']:.1f}% | {100 * r['random_table_share']:.2f}% | {r['rms_row_norm']:.3f} |")
     return "\n".join(rows)
 
 
@@ -55,6 +55,8 @@ def main(argv=None) -> int:
     names = [n.strip() for n in args.names.split(",") if n.strip()] or [Path(m).name for m in paths]
     if len(names) != len(paths):
         raise InputError(f"--names gives {len(names)} names for {len(paths)} models")
+    if len(set(names)) != len(names):
+        raise InputError(f"two models are named alike ({', '.join(names)}); give --names")
     results = {name: measure(path) for name, path in zip(names, paths)}
     text = table(results)
     print(text)

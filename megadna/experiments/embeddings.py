@@ -24,14 +24,13 @@ def random_table_share(k: int) -> float:
 
 
 def kmer_rows(table: np.ndarray, k: int) -> np.ndarray:
-    """The 4^k k-mer rows of a token table [vocab, hidden], in k-mer rank order (`kmer_base_index`)."""
+    """The 4^k k-mer rows of a token table [vocab, hidden], in k-mer rank order (`kmer_base_index`:
+    ids N_SPECIAL .. N_SPECIAL + 4^k - 1)."""
     table = np.asarray(table, dtype=np.float64)
-    if table.ndim != 2 or table.shape[0] < 4**k:
-        raise InputError(f"an embedding table of shape {table.shape} does not hold the {4**k} rows of a {k}-mer vocabulary")
-    rows = (kmer_base_index(k, table.shape[0]) >= 0).all(axis=1)
-    if rows.sum() != 4**k:
-        raise InputError(f"an embedding table of shape {table.shape} does not hold the {4**k} rows of a {k}-mer vocabulary")
-    return table[rows]
+    if table.ndim != 2 or table.shape[0] < N_SPECIAL + 4**k:
+        raise InputError(f"an embedding table of shape {table.shape} does not hold the {N_SPECIAL} special and "
+                         f"{4**k} k-mer rows of a {k}-mer vocabulary")
+    return table[(kmer_base_index(k, table.shape[0]) >= 0).all(axis=1)]
 
 
 def base_linear_share(table: np.ndarray, k: int) -> float:

@@ -28,17 +28,13 @@ def fasta_sequences(paths: Iterable) -> Iterator[bytes]:
 
 
 def shard_sequences(shard_dir) -> Iterator[bytes]:
-    """The bases of every window in the train split of the shard set in shard_dir, in manifest order."""
-    from megadna.data.shards import CorruptShard, iter_shard, read_manifest
+    """The bases of every window in the train split of the shard set in shard_dir, in manifest order.
+    Each shard is read with its manifest entry: a missing, damaged or edited one is an InputError
+    naming it (`CorruptShard`), never read."""
+    from megadna.data.shards import iter_shard, read_manifest, shard_entries
 
     shard_dir = Path(shard_dir)
     manifest = read_manifest(shard_dir)  # refuses a directory without a complete shard set
-    for shard in manifest["splits"]["train"]["shards"]:
-        path = shard_dir / "train" / shard["name"]
-        try:
-            for seq, _ in iter_shard(path, expect=shard):  # size, sha256 and sample count as the manifest says
-                yield seq
-        except CorruptShard as err:
-            raise InputError(f"{err}; re-make the shards (tools/make_shards.py)") from None
-        except FileNotFoundError:
-            raise InputError(f"{path}: listed in {shard_dir}/manifest.json but missing; re-make the shards") from None
+    for rel, entry in shard_entries(manifest, "train").items():
+        for seq, _ in iter_shard(shard_dir / rel, expect=entry):
+            yield seq
