@@ -64,5 +64,8 @@ def test_cli_compares_models_on_the_same_windows(tmp_path, capsys):
     assert set(result) == {"a", "b"} and result["a"]["k"] == 3 and result["a"]["tokens"] == 60
     assert len(result["a"]["heads"]["entropy"]) == 2 and len(result["a"]["heads"]["entropy"][0]) == 2  # layers x heads
     assert "| b | 2 |" in capsys.readouterr().out and (out / "attention.png").read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(SystemExit) as exc:  # two models of one name would be one row: refused
+        cli.main(["--models", f"{tmp_path / 'm0'},{tmp_path / 'm0'}", "--fasta", str(fasta), "--out", str(out)])
+    assert exc.value.code == 2 and "named alike" in capsys.readouterr().err
     with pytest.raises(InputError, match="one of the two"):
         cli._windows(cli.build_parser().parse_args(["--models", "x", "--out", "y"]))

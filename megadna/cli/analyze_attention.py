@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from megadna.cli.args import parser
+from megadna.cli.args import named_models, parser
 from megadna.cli.common import entry_point
 from megadna.errors import InputError
 from megadna.experiments.attention import head_statistics, layer_means, plot_models
@@ -66,13 +66,10 @@ def table(results: dict[str, dict]) -> str:
 @entry_point
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    paths = [m.strip() for m in args.models.split(",") if m.strip()]
-    names = [n.strip() for n in args.names.split(",") if n.strip()] or [Path(m).name for m in paths]
-    if len(names) != len(paths):
-        raise InputError(f"--names gives {len(names)} names for {len(paths)} models")
+    models = named_models(args.models, args.names)
     windows = _windows(args)
     results = {}
-    for name, path in zip(names, paths):
+    for name, path in models.items():
         model, tokenizer, info = load_pretrained(path)
         k = tokenizer.k if getattr(tokenizer, "overlapping", False) else 1
         max_tokens = min(model.config.max_position_embeddings, tokenizer.num_tokens(max(len(w) for w in windows)) + 2)

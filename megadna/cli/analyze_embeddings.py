@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from megadna.cli.args import parser
+from megadna.cli.args import named_models, parser
 from megadna.cli.common import entry_point
 from megadna.errors import InputError
 from megadna.experiments.embeddings import base_linear_share, kmer_rows, random_table_share
@@ -51,13 +51,8 @@ def table(results: dict[str, dict]) -> str:
 @entry_point
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    paths = [m.strip() for m in args.models.split(",") if m.strip()]
-    names = [n.strip() for n in args.names.split(",") if n.strip()] or [Path(m).name for m in paths]
-    if len(names) != len(paths):
-        raise InputError(f"--names gives {len(names)} names for {len(paths)} models")
-    if len(set(names)) != len(names):
-        raise InputError(f"two models are named alike ({', '.join(names)}); give --names")
-    results = {name: measure(path) for name, path in zip(names, paths)}
+    models = named_models(args.models, args.names)
+    results = {name: measure(path) for name, path in models.items()}
     text = table(results)
     print(text)
     if args.out:

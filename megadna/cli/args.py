@@ -27,6 +27,23 @@ def parse_bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
+def named_models(models: str, names: str = "") -> dict[str, str]:
+    """{name: path} from comma-separated `--models` and `--names` (default: each path's folder name), for
+    the commands that compare models. Names must be as many as the models and all different (two
+    exports in folders of one name would otherwise be one row)."""
+    from pathlib import Path
+
+    from megadna.errors import InputError
+
+    paths = [m.strip() for m in models.split(",") if m.strip()]
+    labels = [n.strip() for n in names.split(",") if n.strip()] or [Path(m).name for m in paths]
+    if len(labels) != len(paths):
+        raise InputError(f"--names gives {len(labels)} names for {len(paths)} models")
+    if len(set(labels)) != len(labels):
+        raise InputError(f"two models are named alike ({', '.join(labels)}); give --names")
+    return dict(zip(labels, paths))
+
+
 def parser(prog: str | None = None, doc: str | None = None) -> argparse.ArgumentParser:
     """An ArgumentParser that keeps the docstring's layout and refuses abbreviated flags."""
     return argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
