@@ -13,6 +13,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import typing
+from pathlib import Path
+
+from megadna.errors import InputError
 
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
@@ -31,10 +34,6 @@ def named_models(models: str, names: str = "") -> dict[str, str]:
     """{name: path} from comma-separated `--models` and `--names` (default: each path's folder name), for
     the commands that compare models. Names must be as many as the models and all different (two
     exports in folders of one name would otherwise be one row)."""
-    from pathlib import Path
-
-    from megadna.errors import InputError
-
     paths = [m.strip() for m in models.split(",") if m.strip()]
     labels = [n.strip() for n in names.split(",") if n.strip()] or [Path(m).name for m in paths]
     if len(labels) != len(paths):

@@ -271,6 +271,16 @@ def _open_shard(location, expect: dict | None):
         raise InputError(f"{path}: no such shard file (listed in {path.parent.parent / MANIFEST}?); re-make the shard set") from None
 
 
+def iter_split(shard_dir: str | Path, split: str) -> Iterator[bytes]:
+    """The bases of every window of one split of a local shard set, in manifest order; each shard is
+    read with its manifest entry as `expect`, so a missing, damaged or edited one is an InputError
+    naming it, never read. For whole-split readers outside the training stream (BPE corpus, scans)."""
+    shard_dir = Path(shard_dir)
+    for rel, entry in shard_entries(read_manifest(shard_dir), split).items():
+        for seq, _ in iter_shard(shard_dir / rel, expect=entry):
+            yield seq
+
+
 def iter_shard(path, start: int = 0, stop: int | None = None, *, with_meta: bool = False, expect: dict | None = None,
                gz: bool | None = None) -> Iterator[tuple[bytes, dict | None]]:
     """Yield (bases, meta) for samples start..stop of one shard (a local path, or a URL form:

@@ -28,13 +28,8 @@ def fasta_sequences(paths: Iterable) -> Iterator[bytes]:
 
 
 def shard_sequences(shard_dir) -> Iterator[bytes]:
-    """The bases of every window in the train split of the shard set in shard_dir, in manifest order.
-    Each shard is read with its manifest entry: a missing, damaged or edited one is an InputError
-    naming it (`CorruptShard`), never read."""
-    from megadna.data.shards import iter_shard, read_manifest, shard_entries
+    """The bases of every window in the train split of the shard set in shard_dir, in manifest order,
+    each shard checked against the manifest (`iter_split`)."""
+    from megadna.data.shards import iter_split
 
-    shard_dir = Path(shard_dir)
-    manifest = read_manifest(shard_dir)  # refuses a directory without a complete shard set
-    for rel, entry in shard_entries(manifest, "train").items():
-        for seq, _ in iter_shard(shard_dir / rel, expect=entry):
-            yield seq
+    return iter_split(shard_dir, "train")

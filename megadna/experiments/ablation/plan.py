@@ -48,15 +48,11 @@ def resolve_tokenizer(spec: str, cfg: AblationConfig) -> tuple[str, DNATokenizer
 
 
 def _scan(shard_dir: Path, split: str, limit: int):
-    from megadna.data.shards import iter_shard, read_manifest, shard_entries
+    from itertools import islice
 
-    n = 0
-    for rel, entry in shard_entries(read_manifest(shard_dir), split).items():
-        for seq, _ in iter_shard(shard_dir / rel, expect=entry):  # a damaged shard is named, not read
-            yield seq
-            n += 1
-            if n >= limit:
-                return
+    from megadna.data.shards import iter_split
+
+    return islice(iter_split(shard_dir, split), limit)
 
 
 def window_tokens(tokenizer: DNATokenizer, shard_dir, max_positions: int) -> dict:
